@@ -1,0 +1,45 @@
+# `make test` sets everything up from nothing: a virtual environment with the
+# project, its test extras and all three Keras backends, then the suite on
+# TensorFlow and the backend-sensitive tests again on JAX and torch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+# pytest exits 5 when a marker selects nothing; that is not a failure here.
+ALLOW_EMPTY := || test $$? -eq 5
+
+.PHONY: test test-tf test-jax test-torch demo bench install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[tensorflow,jax,torch,test,bench]'
+	# tf-keras (a real Keras 2 writer, for the original-weights tests) asks for
+	# the full `tensorflow` wheel; tensorflow-cpu provides the same module.
+	$(PY) -m pip install -q -c constraints.txt --no-deps tf-keras
+	touch $(STAMP)
+
+test: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
+	KERAS_BACKEND=jax $(PYTEST) -m backends tests $(ALLOW_EMPTY)
+	KERAS_BACKEND=torch $(PYTEST) -m backends tests $(ALLOW_EMPTY)
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PYTEST) -m backends tests $(ALLOW_EMPTY)
+
+test-torch: $(STAMP)
+	KERAS_BACKEND=torch $(PYTEST) -m backends tests $(ALLOW_EMPTY)
+
+demo: $(STAMP)
+	$(PY) -m scripts demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,32 @@
+"""keras-seglosses: segmentation losses and metrics for Keras 3.
+
+Import this package before `keras.models.load_model` so that Keras finds the
+registered classes.
+"""
+
+from keras_seglosses import losses, metrics
+from keras_seglosses.losses import *  # noqa: F401,F403  (losses at top level)
+from keras_seglosses.losses import __all__ as _loss_names
+from keras_seglosses.rpmap import (
+    ORIGINAL_POS_WEIGHT,
+    legacy_reward_penalty_targets,
+    pos_weight_from_labels,
+    reward_penalty_map,
+    reward_penalty_map_tensor,
+)
+from keras_seglosses.targets import pack_targets, unpack_targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "losses",
+    "metrics",
+    "pack_targets",
+    "unpack_targets",
+    "reward_penalty_map",
+    "reward_penalty_map_tensor",
+    "legacy_reward_penalty_targets",
+    "pos_weight_from_labels",
+    "ORIGINAL_POS_WEIGHT",
+    *_loss_names,
+]

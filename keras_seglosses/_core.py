@@ -1,0 +1,169 @@
+"""Shared pieces of every loss: input preparation, reductions, validation.
+
+Every loss in this package follows the same convention (SPEC.md section 2):
+channels_last tensors, `y_true` possibly packed with maps after the labels,
+float32 math, and `call` returning one value per sample.
+"""
+
+import numbers
+
+import keras
+from keras import ops
+
+from keras_seglosses.targets import n_packed_maps
+
+# Losses and metrics are registered under different packages because some
+# share a class name (the `Dice` loss and the `Dice` metric).
+LOSSES_PACKAGE = "keras_seglosses"
+METRICS_PACKAGE = "keras_seglosses.metrics"
+
+
+def register(cls):
+    """Register a public loss or layer so `.keras` files load without
+    `custom_objects`."""
+    return keras.saving.register_keras_serializable(package=LOSSES_PACKAGE)(cls)
+
+
+def register_metric(cls):
+    """Register a public metric (its own namespace, see above)."""
+    return keras.saving.register_keras_serializable(package=METRICS_PACKAGE)(cls)
+
+
+class SegLoss(keras.losses.Loss):
+    """Base of the package's losses: `get_config` is the Keras base config plus
+    every constructor argument listed in `_config_keys` (stored under the same
+    attribute name, as plain Python values)."""
+
+    _config_keys = ()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({k: getattr(self, k) for k in self._config_keys})
+        return config
+
+
+# --------------------------------------------------------------------- inputs
+def check_shapes(y_true, y_pred, name):
+    """Static shape checks shared by all losses and metrics.
+
+    `y_true` and `y_pred` must have the same rank (>= 3: batch, spatial...,
+    channels) and the same spatial shape; `y_true` must hold the C label
+    channels of `y_pred` plus a whole number of C-channel maps.
+    """
+    ts, ps = tuple(y_true.shape), tuple(y_pred.shape)
+    if len(ps) < 3:
+        raise ValueError(
+            f"`{name}` expects channels_last predictions of shape "
+            f"(batch, *spatial, channels). Received: y_pred.shape={ps}."
+        )
+    if len(ts) != len(ps):
+        raise ValueError(
+            f"`{name}`: `y_true` and `y_pred` must have the same rank "
+            f"(batch, *spatial, channels). Received: y_true.shape={ts}, "
+            f"y_pred.shape={ps}."
+        )
+    for a, b in zip(ts[:-1], ps[:-1]):
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"`{name}`: `y_true` and `y_pred` differ in batch or spatial "
+                f"shape. Received: y_true.shape={ts}, y_pred.shape={ps}."
+            )
+    n_packed_maps(ts, ps[-1])
+
+
+def probabilities(y_pred, from_logits):
+    """float32 probabilities: sigmoid for one channel, softmax for several."""
+    y_pred = ops.cast(y_pred, "float32")
+    if not from_logits:
+        return y_pred
+    if y_pred.shape[-1] == 1:
+        return ops.sigmoid(y_pred)
+    return ops.softmax(y_pred, axis=-1)
+
+
+def prepare(y_true, y_pred, from_logits, name):
+    """Validate, then return `(y_true, labels, probs)`, all float32.
+
+    `y_true` is the whole packed target, `labels` its first C channels.
+    """
+    y_true = ops.convert_to_tensor(y_true)
+    y_pred = ops.convert_to_tensor(y_pred)
+    check_shapes(y_true, y_pred, name)
+    y_true = ops.cast(y_true, "float32")
+    labels = y_true[..., : y_pred.shape[-1]]
+    return y_true, labels, probabilities(y_pred, from_logits)
+
+
+# ----------------------------------------------------------------- reductions
+def spatial_axes(x):
+    """The axes between batch and channels, from the static rank."""
+    return tuple(range(1, len(x.shape) - 1))
+
+
+def region_sum(x, batch):
+    """Sum over the spatial axes, and over the batch when `batch` is True.
+
+    Returns shape `(batch, C)` for `batch=False`, `(C,)` for `batch=True`.
+    """
+    axes = spatial_axes(x)
+    if batch:
+        axes = (0,) + axes
+    return ops.sum(x, axis=axes)
+
+
+def per_sample(values, like, batch, include_background=True):
+    """Average per-class values over classes and give one value per sample.
+
+    Args:
+        values: `(batch, C)` (per-sample) or `(C,)` (pooled over the batch).
+        like: a tensor whose first axis is the batch.
+        batch: whether `values` were pooled over the batch; then the pooled
+            value is repeated for every sample, so that Keras' mean reduction
+            returns it and its gradient unchanged.
+        include_background: when False and C > 1, channel 0 is left out.
+    """
+    if not include_background and values.shape[-1] > 1:
+        values = values[..., 1:]
+    values = ops.mean(values, axis=-1)
+    if batch:
+        values = ops.broadcast_to(values, ops.shape(like)[:1])
+    return values
+
+
+def voxel_mean(x):
+    """Mean over every non-batch axis: `(batch, ...) -> (batch,)`."""
+    return ops.mean(x, axis=tuple(range(1, len(x.shape))))
+
+
+# ----------------------------------------------------------------- validation
+def check_number(name, value, low=None, high=None, low_open=False, integer=False):
+    """Validate a scalar hyperparameter in `__init__` with a Keras-style error."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = []
+        if low is not None:
+            bound.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bound.append(f"<= {high}")
+        kind = "an integer" if integer else "a number"
+        expected = f"{kind} {' and '.join(bound)}".strip()
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected {expected}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of "
+            f"{sorted(choices)}. Received: {name}={value!r}"
+        )
+    return value

@@ -1,0 +1,370 @@
+"""The RPDL paper's losses: weighted cross entropy, Dice, Reward-Penalty Dice,
+and the released code's single-target variant [000, Eq. 1-4].
+
+Each loss is a pure `keras.ops` function plus a thin registered
+`keras.losses.Loss` class whose `call` delegates to it.
+"""
+
+import keras
+from keras import ops
+
+from keras_seglosses._core import (
+    SegLoss,
+    check_choice,
+    check_number,
+    per_sample,
+    prepare,
+    region_sum,
+    register,
+    voxel_mean,
+)
+from keras_seglosses.targets import require_map
+
+__all__ = [
+    "weighted_binary_crossentropy",
+    "dice",
+    "reward_penalty_dice",
+    "legacy_reward_penalty_dice",
+    "WeightedBinaryCrossentropy",
+    "Dice",
+    "RewardPenaltyDice",
+    "LegacyRewardPenaltyDice",
+]
+
+
+def _log_probabilities(y_pred, from_logits):
+    """`(log P, log(1 - P))` in float32, clipped as Keras does."""
+    y_pred = ops.cast(y_pred, "float32")
+    if from_logits:
+        return ops.log_sigmoid(y_pred), ops.log_sigmoid(-y_pred)
+    eps = keras.config.epsilon()
+    p = ops.clip(y_pred, eps, 1.0 - eps)
+    return ops.log(p), ops.log(1.0 - p)
+
+
+# ------------------------------------------------------------------ functions
+def weighted_binary_crossentropy(
+    y_true, y_pred, pos_weight=1.0, voxel_reduction="mean", from_logits=False
+):
+    """Per-sample weighted binary cross entropy [000, Eq. 1].
+
+    `-(1/N) sum_n [w y_n log P_n + (1 - y_n) log(1 - P_n)]`, with N the voxels
+    (times channels) of one sample, or the sum instead of the mean when
+    `voxel_reduction="sum"` (the released code).
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    y_true = ops.convert_to_tensor(y_true)
+    y_pred = ops.convert_to_tensor(y_pred)
+    _, labels, _ = prepare(y_true, y_pred, False, "WeightedBinaryCrossentropy")
+    log_p, log_not_p = _log_probabilities(y_pred, from_logits)
+    ce = -(pos_weight * labels * log_p + (1.0 - labels) * log_not_p)
+    if voxel_reduction == "sum":
+        return ops.sum(ce, axis=tuple(range(1, len(ce.shape))))
+    return voxel_mean(ce)
+
+
+def dice(
+    y_true,
+    y_pred,
+    smooth=1.0,
+    squared=False,
+    batch=True,
+    from_logits=False,
+    include_background=True,
+):
+    """Per-sample Dice loss [000, Eq. 2; 004, Eq. 8-9].
+
+    `1 - (2 sum y P + s) / (sum y + sum P + s)` per class, squared
+    denominators (`sum y^2 + sum P^2`) when `squared=True`, sums over the whole
+    mini-batch when `batch=True`; the mean over classes.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    _, y, p = prepare(y_true, y_pred, from_logits, "Dice")
+    overlap = region_sum(y * p, batch)
+    if squared:
+        total = region_sum(y * y + p * p, batch)
+    else:
+        total = region_sum(y + p, batch)
+    loss = 1.0 - (2.0 * overlap + smooth) / (total + smooth)
+    return per_sample(loss, p, batch, include_background)
+
+
+def reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logits=False):
+    """Per-sample Reward-Penalty Dice loss [000, Eq. 3].
+
+    `1 - (2 sum y P M + s) / (sum y |M| + sum P |M| + s)` with the reward-penalty
+    map M packed in `y_true` after the labels; the mean over classes.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    y_true, y, p = prepare(y_true, y_pred, from_logits, "RewardPenaltyDice")
+    m = require_map(y_true, p.shape[-1], 0, "RewardPenaltyDice", "reward-penalty map")
+    # y is binary, so y*M and y*|M| come from one product; the denominator is
+    # one fused reduction of (y + P)|M|.
+    overlap = region_sum(y * m * p, batch)
+    total = region_sum((y + p) * ops.abs(m), batch)
+    loss = 1.0 - (2.0 * overlap + smooth) / (total + smooth)
+    return per_sample(loss, p, batch)
+
+
+def legacy_reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logits=False):
+    """Per-sample loss of the released RPDL code on its encoded target `h`.
+
+    `1 - (2 sum h P + s) / (sum |h| + sum P + s)` with `h` from
+    `legacy_reward_penalty_targets` in place of the labels.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    _, h, p = prepare(y_true, y_pred, from_logits, "LegacyRewardPenaltyDice")
+    overlap = region_sum(h * p, batch)
+    total = region_sum(ops.abs(h) + p, batch)
+    loss = 1.0 - (2.0 * overlap + smooth) / (total + smooth)
+    return per_sample(loss, p, batch)
+
+
+# -------------------------------------------------------------------- classes
+@register
+class WeightedBinaryCrossentropy(SegLoss):
+    """Weighted binary cross entropy of the RPDL paper.
+
+    `WCEL = -(1/N) sum_n [w y_n log P_n + (1 - y_n) log(1 - P_n)]`, N the
+    voxels of a sample; P is clipped to `[eps, 1 - eps]`.
+
+    The released code used `w = 23.485` (`rpmap.ORIGINAL_POS_WEIGHT`, its
+    data's background/foreground ratio) and summed over voxels instead of
+    averaging: `voxel_reduction="sum"` (and Keras' `reduction="sum"` to sum
+    over the batch as well) reproduces it. `pos_weight_from_labels(y)` computes
+    the ratio for your data.
+
+    Args:
+        pos_weight: float >= 0, the weight w of foreground voxels. Defaults to
+            `1.0`.
+        voxel_reduction: `"mean"` (Eq. 1) or `"sum"` (the released code).
+            Defaults to `"mean"`.
+        from_logits: bool. Defaults to `False`.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Shapes: `y_pred` `(batch, *spatial, C)`; `y_true` the same, possibly
+    packed with maps (ignored).
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[0.5], [0.5]]])
+    >>> round(float(WeightedBinaryCrossentropy(pos_weight=3.0)(y, p)), 4)
+    1.3863
+
+    Reference:
+        He et al., IJCNN 2020 [000, Eq. 1].
+    """
+
+    _config_keys = ("pos_weight", "voxel_reduction", "from_logits")
+
+    def __init__(
+        self,
+        pos_weight=1.0,
+        voxel_reduction="mean",
+        from_logits=False,
+        reduction="sum_over_batch_size",
+        name="weighted_binary_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.pos_weight = float(check_number("pos_weight", pos_weight, low=0))
+        self.voxel_reduction = check_choice(
+            "voxel_reduction", voxel_reduction, {"mean", "sum"}
+        )
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        return weighted_binary_crossentropy(
+            y_true, y_pred, self.pos_weight, self.voxel_reduction, self.from_logits
+        )
+
+
+@register
+class Dice(SegLoss):
+    """Dice loss, with the variants of the Loss odyssey.
+
+    `DL = 1 - (2 sum y P + s) / (sum y + sum P + s)` per class (Eq. 2), or
+    with squared denominators `sum y^2 + sum P^2` (Milletari's V-net form,
+    [004, Eq. 9]); sums over the whole mini-batch (`batch=True`, the RPDL
+    original: "N is the number of voxels in the mini-batch") or per sample.
+    With several channels the loss is the mean of the per-class losses.
+
+    The four Dice variants benchmarked in the Loss odyssey [004, Sec. 4.3]
+    are `Dice(squared=s, batch=b)` for s, b in {False, True}.
+
+    Args:
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1.0`.
+        squared: bool, squared terms in the denominator. Defaults to `False`.
+        batch: bool, pool the sums over the mini-batch. Defaults to `True`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1 channel 0 is left out
+            of the mean. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Returns (from `call`): one value per sample, `(batch,)`. With
+    `batch=True` every sample carries the pooled value.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[1.0], [0.0]]])
+    >>> float(Dice()(y, p))
+    0.0
+
+    Reference:
+        He et al., IJCNN 2020 [000, Eq. 2]; Ma et al. [004, Eq. 8-9].
+    """
+
+    _config_keys = ("smooth", "squared", "batch", "from_logits", "include_background")
+
+    def __init__(
+        self,
+        smooth=1.0,
+        squared=False,
+        batch=True,
+        from_logits=False,
+        include_background=True,
+        reduction="sum_over_batch_size",
+        name="dice",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.smooth = float(check_number("smooth", smooth, low=0))
+        self.squared = bool(squared)
+        self.batch = bool(batch)
+        self.from_logits = bool(from_logits)
+        self.include_background = bool(include_background)
+
+    def call(self, y_true, y_pred):
+        return dice(
+            y_true,
+            y_pred,
+            self.smooth,
+            self.squared,
+            self.batch,
+            self.from_logits,
+            self.include_background,
+        )
+
+
+@register
+class RewardPenaltyDice(SegLoss):
+    """Reward-Penalty Dice loss (RPDL) for non-unique segmentation.
+
+    `RPDL = 1 - (2 sum y P M + s) / (sum y |M| + sum P |M| + s)` with M the
+    reward-penalty map of the input (`reward_penalty_map`): voxels many
+    experts marked are rewarded, voxels none marked are penalized. Its
+    gradient (s = 0) is [000, Eq. 4]:
+
+        dRPDL/dP_i = 2 (|M_i| sum y P M - y_i M_i (sum y|M| + sum P|M|))
+                     / (sum y|M| + sum P|M|)^2
+
+    M travels in `y_true`: build targets with
+    `keras_seglosses.pack_targets(labels, M)`. Sums pool the mini-batch by
+    default, as the paper ("N is the number of voxels in the mini-batch") and
+    its code.
+
+    Args:
+        smooth: float >= 0. Defaults to `1.0`.
+        batch: bool, pool over the mini-batch. Defaults to `True`.
+        from_logits: bool. Defaults to `False`.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Shapes: `y_pred` `(batch, *spatial, C)`; `y_true` `(batch, *spatial, 2C)`
+    (labels, then M).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_seglosses import pack_targets, reward_penalty_map
+    >>> ann = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], "float32")
+    >>> m = reward_penalty_map(ann)               # [1, 0.5, -1, -1]
+    >>> y = pack_targets(ann[:1, :, None], m[None, :, None])
+    >>> p = np.array([[[1.0], [1.0], [0.0], [0.0]]])
+    >>> round(float(RewardPenaltyDice(smooth=0.0)(y, p)), 4)
+    0.1429
+
+    Reference:
+        He et al., IJCNN 2020 [000, Eq. 3-4].
+    """
+
+    _config_keys = ("smooth", "batch", "from_logits")
+
+    def __init__(
+        self,
+        smooth=1.0,
+        batch=True,
+        from_logits=False,
+        reduction="sum_over_batch_size",
+        name="reward_penalty_dice",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.smooth = float(check_number("smooth", smooth, low=0))
+        self.batch = bool(batch)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        return reward_penalty_dice(
+            y_true, y_pred, self.smooth, self.batch, self.from_logits
+        )
+
+
+@register
+class LegacyRewardPenaltyDice(SegLoss):
+    """The released RPDL code's loss, on its single encoded target.
+
+    `1 - (2 sum h P + s) / (sum |h| + sum P + s)` summed over the whole batch,
+    where `h = legacy_reward_penalty_targets(y, annotations)` replaces the
+    labels (no separate map). For re-running the original experiments
+    exactly; new work should use `RewardPenaltyDice`.
+
+    Args:
+        smooth: float >= 0. Defaults to `1.0`.
+        batch: bool, pool over the mini-batch (the original). Defaults to
+            `True`.
+        from_logits: bool. Defaults to `False`.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> h = np.array([[[1.0], [0.0], [-1.0]]]); p = np.array([[[1.0], [0.0], [0.0]]])
+    >>> round(float(LegacyRewardPenaltyDice(smooth=0.0)(h, p)), 4)
+    0.3333
+
+    Reference:
+        He et al., IJCNN 2020 [000, Eq. 3]; the authors' released training code.
+    """
+
+    _config_keys = ("smooth", "batch", "from_logits")
+
+    def __init__(
+        self,
+        smooth=1.0,
+        batch=True,
+        from_logits=False,
+        reduction="sum_over_batch_size",
+        name="legacy_reward_penalty_dice",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.smooth = float(check_number("smooth", smooth, low=0))
+        self.batch = bool(batch)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        return legacy_reward_penalty_dice(
+            y_true, y_pred, self.smooth, self.batch, self.from_logits
+        )

@@ -1,0 +1,1 @@
+"""Placeholder package; populated by its issue."""
