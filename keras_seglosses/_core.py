@@ -111,6 +111,21 @@ def region_sum(x, batch):
     return ops.sum(x, axis=axes)
 
 
+def region_dot(a, b, batch):
+    """`region_sum(a * b, batch)` as a contraction.
+
+    XLA on CPU and torch run `sum(a * b)` over a channels-last slice of a
+    packed target far slower than a dot product over `(batch, voxels, C)`;
+    the contraction also keeps `a * b` out of memory in torch's eager mode.
+    """
+    equation = "bnc,bnc->c" if batch else "bnc,bnc->bc"
+    return ops.einsum(equation, _flat(a), _flat(b))
+
+
+def _flat(x):
+    return ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
+
+
 def per_sample(values, like, batch, include_background=True):
     """Average per-class values over classes and give one value per sample.
 

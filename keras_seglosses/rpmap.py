@@ -169,8 +169,8 @@ def legacy_reward_penalty_targets(y, annotations, penalty=-7.0, scale=6.0):
 
     >>> import numpy as np
     >>> a = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
-    >>> legacy_reward_penalty_targets(a[0], a, penalty=-3, scale=3).tolist()
-    [1.0, 0.6666666865348511, 0.0, -1.0]
+    >>> legacy_reward_penalty_targets(a[0], a, penalty=-3, scale=2).tolist()
+    [1.5, 1.0, 0.0, -1.5]
     """
     _check_penalty(penalty)
     if not isinstance(scale, (int, float)) or scale <= 0:

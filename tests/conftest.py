@@ -33,6 +33,42 @@ def jit():
     return compile_fn
 
 
+def compiled_gradient(fn):
+    """`x -> d fn(x) / dx` (numpy, float32) for a scalar-valued `fn` of one
+    array, compiled as `compile_fn` does (XLA on TensorFlow, `jax.jit`)."""
+    if BACKEND == "jax":
+        import jax
+
+        grad = jax.jit(jax.grad(fn))
+        return lambda x: np.asarray(grad(np.asarray(x, np.float32)))
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def grad(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = fn(x)
+            return tape.gradient(out, x)
+
+        return lambda x: grad(tf.constant(x, tf.float32)).numpy()
+    import torch
+
+    def grad(x):
+        t = torch.tensor(np.asarray(x, np.float32), requires_grad=True)
+        fn(t).backward()
+        return t.grad.numpy()
+
+    return grad
+
+
+@pytest.fixture
+def autodiff():
+    """`autodiff(fn)(x)`: the compiled gradient of a scalar loss (see
+    `compiled_gradient`)."""
+    return compiled_gradient
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

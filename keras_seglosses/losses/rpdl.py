@@ -14,6 +14,7 @@ from keras_seglosses._core import (
     check_number,
     per_sample,
     prepare,
+    region_dot,
     region_sum,
     register,
     voxel_mean,
@@ -104,10 +105,12 @@ def reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logits=Fals
     """
     y_true, y, p = prepare(y_true, y_pred, from_logits, "RewardPenaltyDice")
     m = require_map(y_true, p.shape[-1], 0, "RewardPenaltyDice", "reward-penalty map")
-    # y is binary, so y*M and y*|M| come from one product; the denominator is
-    # one fused reduction of (y + P)|M|.
-    overlap = region_sum(y * m * p, batch)
-    total = region_sum((y + p) * ops.abs(m), batch)
+    # Labels are non-negative, so y|M| = |yM|: one product of the constant
+    # target serves both the numerator and the denominator, and the terms
+    # involving P are contractions (see `region_dot`).
+    ym = y * m
+    overlap = region_dot(ym, p, batch)
+    total = region_sum(ops.abs(ym), batch) + region_dot(ops.abs(m), p, batch)
     loss = 1.0 - (2.0 * overlap + smooth) / (total + smooth)
     return per_sample(loss, p, batch)
 
@@ -291,9 +294,9 @@ class RewardPenaltyDice(SegLoss):
     >>> ann = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], "float32")
     >>> m = reward_penalty_map(ann)               # [1, 0.5, -1, -1]
     >>> y = pack_targets(ann[:1, :, None], m[None, :, None])
-    >>> p = np.array([[[1.0], [1.0], [0.0], [0.0]]])
-    >>> round(float(RewardPenaltyDice(smooth=0.0)(y, p)), 4)
-    0.1429
+    >>> p = np.array([[[1.0], [0.0], [1.0], [0.0]]])  # one shared, one untouched voxel
+    >>> round(float(RewardPenaltyDice(smooth=0.0)(y, p)), 4)   # 1 - 2 / (1.5 + 2)
+    0.4286
 
     Reference:
         He et al., IJCNN 2020 [000, Eq. 3-4].

@@ -46,8 +46,8 @@ def dice(y_true, y_pred, threshold=0.5):
 
     >>> import numpy as np
     >>> y = np.array([[[1.0], [1.0], [0.0]]]); p = np.array([[[0.9], [0.2], [0.1]]])
-    >>> np.round(np.asarray(dice(y, p)), 4).tolist()
-    [[0.6667]]
+    >>> [round(float(v), 4) for v in np.asarray(dice(y, p))[0]]
+    [0.6667]
     """
     _, y, p = binarize(y_true, y_pred, threshold, "dice")
     return _ratio_or_one(2.0 * region_sum(y * p, False), region_sum(y + p, False))

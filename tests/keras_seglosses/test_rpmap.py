@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from keras_seglosses import (
+    legacy_reward_penalty_targets,
+    pos_weight_from_labels,
+    reward_penalty_map,
+    reward_penalty_map_tensor,
+)
+
+
+def loop_map(annotations, penalty, normalize):
+    """The original's counting, voxel by voxel (independent reference)."""
+    k = annotations.shape[0]
+    flat = annotations.reshape(k, -1)
+    count = np.zeros(flat.shape[1])
+    for i in range(flat.shape[1]):
+        for j in range(k):
+            count[i] += flat[j, i]
+    top = max(count.max(), 1)
+    out = np.empty_like(count)
+    for i in range(count.size):
+        if count[i] == 0:
+            out[i] = penalty if normalize else penalty * top
+        else:
+            out[i] = count[i] / top if normalize else count[i]
+    return out.reshape(annotations.shape[1:])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(np.int8, st.tuples(st.integers(1, 7), st.integers(1, 5), st.integers(1, 5)),
+           elements=st.integers(0, 1)),
+    st.sampled_from([-1.0, -0.5, 0.0, -3.0]),
+    st.booleans(),
+)
+def test_map_matches_voxel_loop(annotations, penalty, normalize):
+    got = reward_penalty_map(annotations, penalty=penalty, normalize=normalize)
+    np.testing.assert_allclose(got, loop_map(annotations, penalty, normalize), rtol=1e-6)
+    assert got.dtype == np.float32 and got.shape == annotations.shape[1:]
+
+
+def test_normalized_rewards_in_unit_interval_and_penalty(rng):
+    a = rng.random((7, 6, 6, 6)) > 0.6
+    m = reward_penalty_map(a)
+    marked = a.any(0)
+    assert np.all(m[marked] > 0) and np.all(m[marked] <= 1) and m[marked].max() == 1
+    assert np.all(m[~marked] == -1)
+
+
+def test_paper_unnormalized_penalty_is_negative_max():
+    a = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(reward_penalty_map(a, normalize=False), [3, 1, -3])
+
+
+def test_edge_cases_documented():
+    empty = np.zeros((4, 3, 3))
+    np.testing.assert_array_equal(reward_penalty_map(empty), -1)
+    np.testing.assert_array_equal(reward_penalty_map(empty, normalize=False), -1)
+    single = np.array([[1, 0, 1]])
+    np.testing.assert_array_equal(reward_penalty_map(single), [1, -1, 1])
+
+
+def test_bad_annotations_raise():
+    with pytest.raises(ValueError, match=r"binary values.*index \(1, 0\)"):
+        reward_penalty_map(np.array([[0, 1], [2, 0]]))
+    with pytest.raises(ValueError, match=r"\(K, \*spatial\)"):
+        reward_penalty_map(np.array([0, 1]))
+    with pytest.raises(ValueError, match="penalty"):
+        reward_penalty_map(np.zeros((2, 2)), penalty=1.0)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("normalize", [True, False])
+def test_tensor_twin_matches_numpy_per_batch_item(rng, jit, normalize):
+    a = (rng.random((3, 5, 4, 4, 4)) > 0.7).astype("float32")  # (batch, K, ...)
+    a[1] = 0  # an input no annotation marks
+    fn = jit(lambda t: reward_penalty_map_tensor(t, penalty=-0.5, normalize=normalize, axis=1))
+    got = np.asarray(fn(a))
+    want = np.stack([loop_map(a[b], -0.5, normalize) for b in range(3)])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_legacy_target_rules():
+    # 4 annotations of 6 voxels; y is annotation 0.
+    a = np.array(
+        [[1, 1, 1, 0, 0, 1],
+         [1, 1, 0, 0, 1, 0],
+         [1, 0, 0, 0, 1, 0],
+         [1, 0, 0, 0, 0, 0]]
+    )
+    h = legacy_reward_penalty_targets(a[0], a, penalty=-4, scale=3)
+    # count = [4, 2, 1, 0, 2, 1]; h = y*count, -4 where count 0, 0 where only y marks it.
+    np.testing.assert_allclose(h, np.array([4, 2, 0, -4, 0, 0]) / 3, rtol=1e-6)
+    h5 = legacy_reward_penalty_targets(a[0][:, None], a)
+    assert h5.shape == (6, 1)
+
+
+def test_pos_weight_from_labels():
+    y = np.zeros((10, 10)); y[:2, :5] = 1
+    assert pos_weight_from_labels(y) == 90 / 10
+    with pytest.raises(ValueError, match="no foreground"):
+        pos_weight_from_labels(np.zeros(3))
