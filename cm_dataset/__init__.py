@@ -1,1 +1,34 @@
-"""Placeholder package; populated by its issue."""
+"""The cortical-mastoidectomy (CM) data of the RPDL paper: files, a
+calibrated synthetic stand-in, the leave-one-out splits and the `tf.data`
+training pipeline.
+
+TensorFlow is imported on the first call of `make_dataset`, so `import
+cm_dataset` stays light.
+"""
+
+from cm_dataset import augment, pipeline, splits, synthetic
+from cm_dataset.data import LABELS, N_LABELS, CMData, file_names, load
+from cm_dataset.pipeline import make_arrays, make_dataset
+from cm_dataset.splits import Split, get_split, leave_one_bone_out, leave_one_surgeon_out
+from cm_dataset.synthetic import calibration, generate
+
+__all__ = [
+    "CMData",
+    "load",
+    "file_names",
+    "LABELS",
+    "N_LABELS",
+    "generate",
+    "calibration",
+    "Split",
+    "get_split",
+    "leave_one_bone_out",
+    "leave_one_surgeon_out",
+    "make_dataset",
+    "make_arrays",
+    "augment",
+    "pipeline",
+    "splits",
+    "synthetic",
+]
+

@@ -4,9 +4,12 @@ Import this package before `keras.models.load_model` so that Keras finds the
 registered classes.
 """
 
-from keras_seglosses import losses, metrics
+from keras_seglosses import callbacks, losses, metrics
+from keras_seglosses import ops as ops  # noqa: PLC0414  (the subpackage, not keras.ops)
+from keras_seglosses import reference
 from keras_seglosses.losses import *  # noqa: F401,F403  (losses at top level)
 from keras_seglosses.losses import __all__ as _loss_names
+from keras_seglosses.maps import ac_map, boundary_map, rrw_map
 from keras_seglosses.rpmap import (
     ORIGINAL_POS_WEIGHT,
     legacy_reward_penalty_targets,
@@ -19,8 +22,11 @@ from keras_seglosses.targets import pack_targets, unpack_targets
 __version__ = "0.1.0"
 
 __all__ = [
+    "callbacks",
     "losses",
     "metrics",
+    "ops",
+    "reference",
     "pack_targets",
     "unpack_targets",
     "reward_penalty_map",
@@ -28,5 +34,8 @@ __all__ = [
     "legacy_reward_penalty_targets",
     "pos_weight_from_labels",
     "ORIGINAL_POS_WEIGHT",
+    "rrw_map",
+    "boundary_map",
+    "ac_map",
     *_loss_names,
 ]

@@ -3,5 +3,7 @@
 
 from keras_seglosses.metrics import functional
 from keras_seglosses.metrics.overlap import RPD, Dice
+from keras_seglosses.metrics.surface import ASD, HD95, NSD
 
 __all__ = ["functional", "Dice", "RPD"]
+__all__ += ["HD95", "NSD", "ASD"]

@@ -69,3 +69,10 @@ def reward_penalty_dice(y_true, y_pred, threshold=0.5):
     return _ratio_or_one(
         2.0 * region_sum(y * p * m, False), region_sum((y + p) * ops.abs(m), False)
     )
+
+
+# Surface metrics (HD95, NSD, ASD) live in their own module; imported last
+# because that module uses `binarize` from this one.
+from keras_seglosses.metrics._surface_functional import asd, hd95, nsd  # noqa: E402
+
+__all__ += ["hd95", "nsd", "asd"]

@@ -1,0 +1,217 @@
+"""Forward + backward time of every loss on a 16x64^3 batch, per backend.
+
+Reference column: the "RPDL memory-traffic floor", the three reductions RPDL
+needs (`sum y P M`, `sum y |M|`, `sum P |M|`) done in numpy on the same
+float32 arrays in the same process. Every loss is reported as its median
+time and its ratio to that floor. Each backend runs in a fresh process
+(`_common.run_per_backend`); JAX and TensorFlow run the step compiled
+(`jax.jit`, `tf.function(jit_compile=True)`), torch eagerly (as Keras' torch
+trainer does by default). Losses that compute distance maps are in a
+separate table (with the same losses reading precomputed, packed maps in the
+main one).
+
+    python benchmarks/losses.py            # 16x64^3, writes BENCHMARKS.md
+    python benchmarks/losses.py --quick    # 2x32^3 smoke run, prints only
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import machine, median_time, run_per_backend, write_section  # noqa: E402
+
+REGION = [
+    # (row label, constructor expression evaluated with keras_seglosses as ks)
+    ("WeightedBinaryCrossentropy", "ks.WeightedBinaryCrossentropy(pos_weight=2.0)"),
+    ("Dice", "ks.Dice()"),
+    ("RewardPenaltyDice (RPDL)", "ks.RewardPenaltyDice()"),
+    ("CrossEntropy", "ks.CrossEntropy()"),
+    ("WeightedCrossEntropy", "ks.WeightedCrossEntropy([1.0, 2.0])"),
+    ("TopK (k=10)", "ks.TopK()"),
+    ("TopK (threshold=0.5)", "ks.TopK(threshold=0.5)"),
+    ("Focal", "ks.Focal()"),
+    ("SensitivitySpecificity", "ks.SensitivitySpecificity()"),
+    ("Dice (squared)", "ks.Dice(squared=True)"),
+    ("IoU", "ks.IoU()"),
+    ("Lovasz", "ks.Lovasz()"),
+    ("Tversky", "ks.Tversky()"),
+    ("FocalTversky", "ks.FocalTversky()"),
+    ("AsymmetricSimilarity", "ks.AsymmetricSimilarity()"),
+    ("GeneralizedDice", "ks.GeneralizedDice()"),
+    ("PenaltyGeneralizedDice", "ks.PenaltyGeneralizedDice()"),
+    ("DiceCE", "ks.DiceCE()"),
+    ("DiceFocal", "ks.DiceFocal()"),
+    ("DiceTopK", "ks.DiceTopK()"),
+    ("ExpLog", "ks.ExpLog()"),
+    ("Boundary (packed map)", "ks.Boundary()"),
+]
+DISTANCE = [
+    ("DistancePenalizedCrossEntropy", "ks.DistancePenalizedCrossEntropy()"),
+    ("Boundary", "ks.Boundary()"),
+    ("HausdorffDT", "ks.HausdorffDT()"),
+    ("HausdorffDT (packed d_G; d_S still computed)", "ks.HausdorffDT()"),
+    ("DiceBoundary", "ks.DiceBoundary(alpha=0.5)"),
+    ("DiceHD", "ks.DiceHD()"),
+]
+# which packed map each row reads (None: labels only)
+PACKED = {
+    "RewardPenaltyDice (RPDL)": "rp",
+    "Boundary (packed map)": "sdf",
+    "HausdorffDT (packed d_G; d_S still computed)": "dist",
+}
+
+
+def make_data(batch, size, seed=0):
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (batch, size, size, size, 1)
+    # smooth random blobs: realistic boundaries for the distance maps
+    noise = ndimage.gaussian_filter(rng.normal(size=shape[:-1]), (0, 3, 3, 3))
+    y = (noise > 0.05).astype("float32")[..., None]
+    p = (1.0 / (1.0 + np.exp(-(noise * 8 + rng.normal(size=noise.shape))))).astype("float32")
+    p = p[..., None]
+    m = np.where(y > 0, rng.choice([0.5, 1.0], size=shape), -1.0).astype("float32")
+    return y, p, m
+
+
+def worker(batch, size, repeats):
+    import keras
+    import numpy as np
+
+    import keras_seglosses as ks
+
+    backend = keras.backend.backend()
+    y, p, m = make_data(batch, size)
+    absm = np.abs(m)
+
+    def floor():
+        return float(np.sum(y * p * m)), float(np.sum(y * absm)), float(np.sum(p * absm))
+
+    floor_s = median_time(floor, repeats=repeats)
+
+    from keras_seglosses.losses.boundary import channel_map
+    from keras_seglosses.ops import signed_distance
+
+    sdf = keras.ops.convert_to_numpy(channel_map(signed_distance, y))
+    targets = {
+        None: y,
+        "rp": ks.pack_targets(y, m),
+        "sdf": ks.pack_targets(y, sdf),
+        "dist": ks.pack_targets(y, np.abs(sdf)),
+    }
+
+    def step_fn(loss):
+        if backend == "jax":
+            import jax
+
+            grad = jax.jit(jax.value_and_grad(lambda yt, x: loss(yt, x), argnums=1))
+            return lambda yt, x: jax.block_until_ready(grad(yt, x))
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            @tf.function(jit_compile=True)
+            def grad(yt, x):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    value = loss(yt, x)
+                return value, tape.gradient(value, x)
+
+            def run(yt, x):
+                value, g = grad(yt, x)
+                return float(value), g
+
+            return run
+        def run(yt, x):
+            x = x.detach().requires_grad_(True)
+            value = loss(yt, x)
+            value.backward()
+            return float(value), x.grad
+
+        return run
+
+    def to_backend(a):
+        return keras.ops.convert_to_tensor(a)
+
+    px = to_backend(p)
+    results = {"backend": backend, "floor_ms": floor_s * 1e3, "rows": {}}
+    for label, expr in REGION + DISTANCE:
+        loss = eval(expr, {"ks": ks})
+        yt = to_backend(targets[PACKED.get(label)])
+        fn = step_fn(loss)
+        t0 = time.perf_counter()
+        fn(yt, px)  # compiles; also the warm-up run
+        compile_s = time.perf_counter() - t0
+        t = median_time(lambda: fn(yt, px), repeats=repeats, warmup=0)
+        results["rows"][label] = {"ms": t * 1e3, "compile_s": compile_s}
+        print(f"# {backend} {label}: {t * 1e3:.1f} ms", file=sys.stderr, flush=True)
+    print(json.dumps(results))
+
+
+def table(results, rows, backends):
+    head = "| loss | " + " | ".join(f"{b} ms (x floor)" for b in backends) + " |"
+    lines = [head, "|---|" + "---|" * len(backends)]
+    floors = " | ".join(f"{results[b]['floor_ms']:.1f} (1.0)" for b in backends)
+    lines.append(f"| *RPDL memory-traffic floor (numpy)* | {floors} |")
+    for label, _ in rows:
+        cells = []
+        for b in backends:
+            ms = results[b]["rows"][label]["ms"]
+            cells.append(f"{ms:.1f} ({ms / results[b]['floor_ms']:.1f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2x32^3, print only")
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.size, args.repeats = 2, 32, 2
+    if args.worker:
+        worker(args.batch, args.size, args.repeats)
+        return
+    backends = tuple(args.backends.split(","))
+    t0 = time.perf_counter()
+    out = run_per_backend(
+        __file__, backends,
+        ["--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats)],
+    )
+    results = {b: json.loads(out[b].strip().splitlines()[-1]) for b in backends}
+    total = time.perf_counter() - t0
+    shape = f"{args.batch}x{args.size}^3x1"
+    command = "python benchmarks/losses.py" + (" --quick" if args.quick else "")
+    md = "\n\n".join([
+        "## Losses: forward + backward time",
+        f"Batch {shape} (binary, sigmoid probabilities), float32, median of "
+        f"{args.repeats} runs after one warm-up (compiling) run; JAX and TensorFlow compiled "
+        "(`jax.jit`, `tf.function(jit_compile=True)`), torch eager. The floor "
+        "is the three reductions RPDL needs (`sum y P M`, `sum y|M|`, "
+        "`sum P|M|`) in numpy on the same arrays, timed in the same process. "
+        "Ratios are time / floor of the same backend's process.",
+        f"Machine: {machine()}. Command: `{command}` "
+        f"(total {total:.0f} s; the CPU was shared with other jobs, so absolute "
+        "times are noisy; ratios are measured within one process).",
+        table(results, REGION, backends),
+        "### Losses that compute distance maps (EDT inside the step)",
+        table(results, DISTANCE, backends),
+    ])
+    print(md)
+    if not args.quick:
+        write_section("losses", md)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()

@@ -1,0 +1,329 @@
+"""The training input pipeline: `tf.data` with exact on-the-fly augmentation.
+
+TensorFlow ops only: `keras.ops` inside `tf.data.Dataset.map` fails under the
+JAX backend (SPEC.md Sec. 9). A `tf.data.Dataset` is a valid `model.fit`
+input on every Keras 3 backend.
+
+Memory: the pipeline keeps one int8 copy of each bone's input, of each
+surgery and of each bone's annotation count; a sample is gathered, the
+three int8 volumes are transformed together (so x, y and M always see the
+same symmetry) and only then decoded to float32. Nothing is materialized
+per augmentation variant.
+"""
+
+import numpy as np
+
+from cm_dataset import augment as aug
+from cm_dataset.data import N_LABELS, CMData
+from cm_dataset.splits import get_split
+from keras_seglosses.rpmap import legacy_reward_penalty_targets, reward_penalty_map
+from keras_seglosses.targets import pack_targets
+
+__all__ = ["make_dataset", "make_arrays", "TARGETS", "INPUT_ENCODINGS", "SUBSETS"]
+
+TARGETS = ("rpdl", "plain", "legacy")
+INPUT_ENCODINGS = ("scaled", "onehot")
+SUBSETS = ("train", "val", "test")
+
+
+def _choice(value, choices, name):
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of {choices}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a positive integer. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _subset(data, experiment, fold, subset, validation_fraction):
+    """Pairs of the subset and, per bone, the surgeons its maps count."""
+    if not isinstance(data, CMData):
+        raise ValueError(
+            f"Invalid value for argument `data`. Expected a `cm_dataset.CMData`. "
+            f"Received: {type(data).__name__}"
+        )
+    _choice(subset, SUBSETS, "subset")
+    split = get_split(experiment, fold, data.n_bones, data.n_surgeons)
+    train, val = split.train_val(validation_fraction)
+    if subset == "test":
+        return split.test, split.reference_surgeons
+    pairs = train if subset == "train" else val
+    if not pairs:
+        raise ValueError(
+            f"Invalid value for argument `validation_fraction`. The '{subset}' subset "
+            f"is empty. Received: validation_fraction={validation_fraction!r}"
+        )
+    return pairs, split.map_surgeons
+
+
+def _legacy_scale(k):
+    """The original's legacy encoding for K map annotations: penalty -K and
+    scale K - 1 (-7 and 6 for its 7 surgeons), scale at least 1."""
+    return -float(k), float(max(k - 1, 1))
+
+
+def make_arrays(
+    data,
+    experiment,
+    fold,
+    subset="test",
+    targets="rpdl",
+    input_encoding="scaled",
+    validation_fraction=0.1,
+):
+    """NumPy `(x, y)` of one subset, unaugmented, for evaluation.
+
+    The same encodings as `make_dataset` (which see), built with the NumPy
+    map functions of `keras_seglosses`. Samples follow the split's pair
+    order (`split.test` for `subset="test"`), so sample `i` is
+    `split.test[i]`. In Experiment 1 all test samples share one input.
+
+    Args:
+        data: `CMData`.
+        experiment: 1 or 2.
+        fold: int, 1-based.
+        subset: "train", "val" or "test". Defaults to `"test"`.
+        targets: "rpdl", "plain" or "legacy". Defaults to `"rpdl"`.
+        input_encoding: "scaled" or "onehot". Defaults to `"scaled"`.
+        validation_fraction: float in [0, 1). Defaults to `0.1`.
+
+    Returns:
+        `(x, y)` float32 arrays, x `(N, S, S, S, 1 or 14)`, y `(N, S, S, S,
+        1 or 2)`.
+
+    Example:
+
+    >>> from cm_dataset.synthetic import generate
+    >>> d = generate(n_bones=2, n_surgeons=2, size=16)
+    >>> x, y = make_arrays(d, experiment=1, fold=1)
+    >>> x.shape, y.shape
+    ((2, 16, 16, 16, 1), (2, 16, 16, 16, 2))
+    """
+    _choice(targets, TARGETS, "targets")
+    _choice(input_encoding, INPUT_ENCODINGS, "input_encoding")
+    pairs, map_surgeons = _subset(data, experiment, fold, subset, validation_fraction)
+    idx = [data.index(b, s) for b, s in pairs]
+    x = data.x[idx]
+    if input_encoding == "scaled":
+        x = (x.astype(np.float32) / np.float32(6.5) - np.float32(1.0))[..., None]
+    else:
+        x = np.eye(N_LABELS, dtype=np.float32)[x]
+    y = data.y[idx].astype(np.float32)[..., None]
+    if targets == "plain":
+        return x, y
+    ann = {b: data.annotations(b, map_surgeons[b]) for b in {b for b, _ in pairs}}
+    if targets == "rpdl":
+        m = np.stack([reward_penalty_map(ann[b]) for b, _ in pairs])
+        return x, pack_targets(y, m[..., None])
+    h = [
+        legacy_reward_penalty_targets(data.y[data.index(b, s)], ann[b], *_legacy_scale(len(ann[b])))
+        for b, s in pairs
+    ]
+    return x, np.stack(h)[..., None].astype(np.float32)
+
+
+def make_dataset(
+    data,
+    experiment,
+    fold,
+    subset="train",
+    batch_size=16,
+    augment="random",
+    seed=0,
+    targets="rpdl",
+    input_encoding="scaled",
+    validation_fraction=0.1,
+):
+    """`tf.data.Dataset` of `(x, y)` batches for one leave-one-out fold.
+
+    Inputs, per `input_encoding`:
+
+    * `"scaled"`: `x / 6.5 - 1`, labels 0..13 mapped to [-1, 1], one
+      channel (the original code's encoding);
+    * `"onehot"`: 14 channels.
+
+    Targets, per `targets` (packed with `keras_seglosses.pack_targets`
+    conventions, SPEC.md Sec. 2):
+
+    * `"rpdl"`: the binary surgery, then the bone's reward-penalty map
+      (penalty -1, normalized) [000, Eq. 3, Fig. 2] from the surgeries the
+      split allows: for "train" and "val" the bone's training surgeries
+      (never the held-out surgeon of Experiment 2), for "test" the
+      reference surgeons of SPEC.md Sec. 8. 2 channels.
+    * `"plain"`: the surgery only. 1 channel.
+    * `"legacy"`: the released code's single encoded target for
+      `LegacyRewardPenaltyDice`, `legacy_reward_penalty_targets` with
+      penalty `-K` and scale `K - 1` (at least 1) for the K map surgeries
+      (the original's -7 and 6 for 7 surgeons). 1 channel.
+
+    Augmentation (`cm_dataset.augment`), exact and identical on x, y and M:
+
+    * `"random"`: one of the 48 cube symmetries per sample, drawn afresh
+      every epoch. Applies to "train" only: "val" and "test" are left
+      untransformed, so validation scores are comparable across epochs.
+    * `"all48"`: every sample in all 48 symmetries (48 x the samples).
+    * `"original216"`: the original code's 8 mirrorings x 27 rotation
+      triples (216 x the samples, 48 distinct).
+    * `None`: none.
+
+    "train" is shuffled every epoch and drops the last short batch (so JAX
+    does not recompile); "val" and "test" keep their order and every
+    sample. The same arguments give the same batches, epoch after epoch.
+
+    Args:
+        data: `CMData`.
+        experiment: 1 (leave one bone out) or 2 (leave one surgeon out).
+        fold: int, 1-based held-out bone or surgeon.
+        subset: "train", "val" (a fixed `validation_fraction` of the
+            training pairs, see `Split.train_val`) or "test". Defaults to
+            `"train"`.
+        batch_size: int. Defaults to `16`.
+        augment: "random", "all48", "original216" or `None`. Defaults to
+            `"random"`.
+        seed: int, for the shuffle and the random symmetries. Defaults to `0`.
+        targets: "rpdl", "plain" or "legacy". Defaults to `"rpdl"`.
+        input_encoding: "scaled" or "onehot". Defaults to `"scaled"`.
+        validation_fraction: float in [0, 1). Defaults to `0.1`.
+
+    Returns:
+        `tf.data.Dataset` of float32 `(x, y)`, x `(B, S, S, S, 1 or 14)`,
+        y `(B, S, S, S, 2)` for "rpdl", `(B, S, S, S, 1)` otherwise.
+
+    Example:
+
+    >>> from cm_dataset.synthetic import generate
+    >>> d = generate(n_bones=2, n_surgeons=3, size=16)
+    >>> ds = make_dataset(d, experiment=2, fold=1, batch_size=2)
+    >>> [tuple(t.shape) for t in next(iter(ds))]
+    [(2, 16, 16, 16, 1), (2, 16, 16, 16, 2)]
+
+    Reference:
+        He et al., IJCNN 2020 [000, Sec. V] (protocol and augmentation).
+    """
+    import tensorflow as tf
+
+    _choice(targets, TARGETS, "targets")
+    _choice(input_encoding, INPUT_ENCODINGS, "input_encoding")
+    _choice(augment, aug.AUGMENT_MODES, "augment")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(
+            "Invalid value for argument `seed`. Expected a non-negative integer. "
+            f"Received: seed={seed!r}"
+        )
+    pairs, map_surgeons = _subset(data, experiment, fold, subset, validation_fraction)
+    if augment == "random" and subset != "train":
+        augment = None
+    packed, tables = _pack(data, pairs, map_surgeons, targets)
+    packed_t, tables_t = tf.constant(packed), tf.constant(tables)
+    x_table = tf.constant(_x_table(input_encoding))
+
+    def load(i, k):
+        vol = tf.gather(packed_t, i)
+        if augment is not None:
+            vol = aug.apply_tf(vol, k)
+        return vol, tf.gather(tables_t, i)
+
+    decode = _decoder()
+
+    n = len(pairs)
+    if augment is None or augment == "random":
+        index, per = tf.data.Dataset.range(n), 1
+    else:
+        variants = aug.original216_indices() if augment == "original216" else range(48)
+        table = tf.constant(np.array(variants), tf.int64)
+        per = int(table.shape[0])
+        index = tf.data.Dataset.range(n * per)
+    if subset == "train":
+        index = index.shuffle(n * per, seed=seed, reshuffle_each_iteration=True)
+    if augment == "random":
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(index, draws).map(lambda i, r: (i, r % aug.N_SYMMETRIES))
+    elif augment is None:
+        ds = index.map(lambda i: (i, tf.constant(0, tf.int64)))
+    else:
+        ds = index.map(lambda i: (i // per, tf.gather(table, i % per)))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=subset == "train")
+    ds = ds.map(
+        lambda v, t: decode(v, t, x_table), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+_DECODE = []
+
+
+def _decoder():
+    """The batch decoder, one XLA-compiled function for the process (so its
+    compilations are cached across datasets).
+
+    Decoding runs once per batch, fused: one read of the packed bytes, one
+    write of the float32 outputs (unfused it takes several passes). Values
+    come from small tables built in NumPy, so they equal `make_arrays` bit
+    for bit."""
+    if not _DECODE:
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def decode(vol, table, x_table):
+            width = tf.shape(table)[1]
+            v = tf.cast(vol, tf.int32)
+            x = tf.gather(x_table, v // width)
+            y = tf.gather(table, v % width, batch_dims=1)
+            return x, y
+
+        _DECODE.append(decode)
+    return _DECODE[0]
+
+
+def _x_table(input_encoding):
+    """Encoded input of each label, `(14, channels)` float32."""
+    if input_encoding == "scaled":
+        return (np.arange(N_LABELS, dtype=np.float32) / np.float32(6.5) - np.float32(1.0))[:, None]
+    return np.eye(N_LABELS, dtype=np.float32)
+
+
+def _pack(data, pairs, map_surgeons, targets):
+    """Per pair, one integer volume `x * 2B + y * B + count` (B = K + 1, K
+    the most map surgeries of a bone; uint8 up to 8 surgeons) and the
+    target of every `(y, count)` code, `(len(pairs), 2B, channels)` float32.
+
+    Packing lets a single exact transform move x, y and M together and
+    keeps the working set at one byte per voxel and pair. The tables are
+    the map formulas of `keras_seglosses.rpmap` on each possible count:
+    M = count / max(count) or -1 [000, Fig. 2]; the legacy target
+    y * count, -K where no surgery, 0 where only y, over K - 1."""
+    base = max(len(s) for s in map_surgeons) + 1
+    width = 2 * base
+    dtype = np.uint8 if N_LABELS * width <= 256 else np.int32
+    bones = {b for b, _ in pairs}
+    counts = {b: data.annotations(b, map_surgeons[b]).sum(axis=0, dtype=np.int32) for b in bones}
+    packed = np.empty((len(pairs),) + data.x.shape[1:], dtype)
+    tables = np.zeros((len(pairs), width, 2 if targets == "rpdl" else 1), np.float32)
+    y_code, c_code = np.divmod(np.arange(width), base)
+    c = c_code.astype(np.float32)
+    yf = y_code.astype(np.float32)
+    for i, (b, s) in enumerate(pairs):
+        j = data.index(b, s)
+        packed[i] = ((data.x[j].astype(np.int32) * 2 + data.y[j]) * base + counts[b]).astype(dtype)
+        if targets == "legacy":
+            penalty, scale = _legacy_scale(len(map_surgeons[b]))
+            h = np.where(c == 0, np.float32(penalty), yf * c)
+            h = np.where((c == 1) & (yf == 1), np.float32(0.0), h)
+            tables[i, :, 0] = h / np.float32(scale)
+            continue
+        tables[i, :, 0] = yf
+        if targets == "rpdl":
+            top = np.float32(max(int(counts[b].max()), 1))
+            tables[i, :, 1] = np.where(c > 0, c / top, np.float32(-1.0))
+    return packed, tables

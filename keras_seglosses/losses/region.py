@@ -1,0 +1,620 @@
+"""Region-based losses of the Loss odyssey [004, Sec. 2.2].
+
+`Dice` (Eq. 8-9) lives with the RPDL losses (`keras_seglosses.losses.rpdl`);
+its four variants of the review's Sec. 4.3 are `Dice(squared=..., batch=...)`.
+
+All losses here work on per-class sums over the spatial axes of one sample
+(`batch=False`) or of the whole mini-batch (`batch=True`, the sums pooled and
+the value repeated per sample). Multi-class losses average their per-class
+values (channel 0 left out with `include_background=False`), except the
+generalized Dice family whose weighted sums run over classes by definition.
+Soft overlaps use only three reductions, `sum g s`, `sum g`, `sum s`:
+false positives are `sum s - sum g s`, false negatives `sum g - sum g s`.
+"""
+
+from keras import ops
+
+from keras_seglosses._core import (
+    SegLoss,
+    check_number,
+    per_sample,
+    prepare,
+    region_sum,
+    register,
+)
+
+__all__ = [
+    "sensitivity_specificity",
+    "iou",
+    "lovasz",
+    "tversky",
+    "focal_tversky",
+    "asymmetric_similarity",
+    "generalized_dice",
+    "penalty_generalized_dice",
+    "SensitivitySpecificity",
+    "IoU",
+    "Lovasz",
+    "Tversky",
+    "FocalTversky",
+    "AsymmetricSimilarity",
+    "GeneralizedDice",
+    "PenaltyGeneralizedDice",
+]
+
+
+def _overlaps(y_true, y_pred, from_logits, batch, name):
+    """`(tp, sum g, sum s, s)`: per-class soft overlaps, `(batch, C)` or `(C,)`."""
+    _, g, s = prepare(y_true, y_pred, from_logits, name)
+    return region_sum(g * s, batch), region_sum(g, batch), region_sum(s, batch), s
+
+
+def _safe_power(x, exponent):
+    """`x ** exponent` for x >= 0 with a zero (not NaN/inf) gradient at x = 0
+    when exponent < 1."""
+    positive = x > 0
+    return ops.where(positive, ops.power(ops.where(positive, x, 1.0), exponent), 0.0)
+
+
+def _select_classes(values, include_background):
+    if not include_background and values.shape[-1] > 1:
+        return values[..., 1:]
+    return values
+
+
+# ------------------------------------------------------------------ functions
+def sensitivity_specificity(
+    y_true, y_pred, w=0.1, smooth=1.0, batch=False, from_logits=False,
+    include_background=True,
+):
+    """Per-sample sensitivity-specificity loss [004, Eq. 7].
+
+    `w sum (g - s)^2 g / (sum g + e) + (1 - w) sum (g - s)^2 (1 - g) /
+    (sum (1 - g) + e)` per class, e = `smooth`; the mean over classes.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    _, g, s = prepare(y_true, y_pred, from_logits, "SensitivitySpecificity")
+    err = ops.square(g - s)
+    fg = region_sum(err * g, batch) / (region_sum(g, batch) + smooth)
+    bg = region_sum(err * (1.0 - g), batch) / (region_sum(1.0 - g, batch) + smooth)
+    return per_sample(w * fg + (1.0 - w) * bg, s, batch, include_background)
+
+
+def iou(y_true, y_pred, smooth=1.0, batch=False, from_logits=False, include_background=True):
+    """Per-sample soft IoU (Jaccard) loss [004, Eq. 10].
+
+    `1 - (sum g s + e) / (sum (g + s - g s) + e)` per class; the mean over
+    classes.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "IoU")
+    loss = 1.0 - (tp + smooth) / (sg + ss - tp + smooth)
+    return per_sample(loss, s, batch, include_background)
+
+
+def tversky(
+    y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
+    include_background=True,
+):
+    """Per-sample Tversky loss [004, Eq. 14].
+
+    `1 - (TP + e) / (TP + alpha FP + beta FN + e)` per class with soft
+    `TP = sum g s`, `FP = sum (1 - g) s`, `FN = sum g (1 - s)`; the mean over
+    classes.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "Tversky")
+    loss = _tversky_per_class(tp, sg, ss, alpha, beta, smooth)
+    return per_sample(loss, s, batch, include_background)
+
+
+def _tversky_per_class(tp, sg, ss, alpha, beta, smooth):
+    fp, fn = ss - tp, sg - tp
+    return 1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+
+def focal_tversky(
+    y_true, y_pred, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
+    from_logits=False, include_background=True,
+):
+    """Per-sample focal Tversky loss [004, Eq. 16].
+
+    `(1 - T_c)^gamma` per class (Eq. 16 writes the exponent `1/gamma`), T the
+    Tversky index; the mean over classes.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "FocalTversky")
+    loss = _safe_power(_tversky_per_class(tp, sg, ss, alpha, beta, smooth), gamma)
+    return per_sample(loss, s, batch, include_background)
+
+
+def asymmetric_similarity(
+    y_true, y_pred, beta=1.5, smooth=1.0, batch=False, from_logits=False,
+    include_background=True,
+):
+    """Per-sample asymmetric similarity loss [004, Eq. 17].
+
+    The Tversky loss with `alpha = 1 / (1 + beta^2)` on false positives and
+    `beta^2 / (1 + beta^2)` on false negatives (the F_beta score).
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    b2 = beta * beta
+    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "AsymmetricSimilarity")
+    loss = _tversky_per_class(tp, sg, ss, 1.0 / (1.0 + b2), b2 / (1.0 + b2), smooth)
+    return per_sample(loss, s, batch, include_background)
+
+
+def _generalized_dice_coefficient(y_true, y_pred, smooth, batch, from_logits,
+                                  include_background, name):
+    """`(GD, s)`: `(2 sum_c w_c TP_c + e) / (sum_c w_c (G_c + S_c) + e)`,
+    `w_c = 1 / G_c^2`; an absent class (G_c = 0) gets the largest weight of
+    the present ones, as MONAI does, instead of an infinite one."""
+    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, name)
+    tp, sg, ss = (_select_classes(v, include_background) for v in (tp, sg, ss))
+    present = sg > 0
+    w = ops.where(present, 1.0 / ops.square(ops.where(present, sg, 1.0)), 0.0)
+    w = ops.where(present, w, ops.max(w, axis=-1, keepdims=True))
+    w = ops.stop_gradient(w)
+    numerator = 2.0 * ops.sum(w * tp, axis=-1) + smooth
+    denominator = ops.sum(w * (sg + ss), axis=-1) + smooth
+    return numerator / denominator, s
+
+
+def _repeat(values, like, batch):
+    if batch:
+        return ops.broadcast_to(values, ops.shape(like)[:1])
+    return values
+
+
+def generalized_dice(
+    y_true, y_pred, smooth=1e-5, batch=False, from_logits=False, include_background=True
+):
+    """Per-sample generalized Dice loss [004, Eq. 15].
+
+    `1 - (2 sum_c w_c sum_i g s + e) / (sum_c w_c sum_i (g + s) + e)` with
+    `w_c = 1 / (sum_i g_i^c)^2`.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    gd, s = _generalized_dice_coefficient(
+        y_true, y_pred, smooth, batch, from_logits, include_background, "GeneralizedDice"
+    )
+    return _repeat(1.0 - gd, s, batch)
+
+
+def penalty_generalized_dice(
+    y_true, y_pred, k=2.5, smooth=1e-5, batch=False, from_logits=False,
+    include_background=True,
+):
+    """Per-sample penalty generalized Dice loss [004, Eq. 18].
+
+    `1 - pGD` with `pGD = GD / (1 + k (1 - GD))`, GD the generalized Dice
+    coefficient; this equals Eq. 18's first line, which adds `k` times the
+    weighted false positives and false negatives to the denominator.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    gd, s = _generalized_dice_coefficient(
+        y_true, y_pred, smooth, batch, from_logits, include_background,
+        "PenaltyGeneralizedDice",
+    )
+    return _repeat(1.0 - gd / (1.0 + k * (1.0 - gd)), s, batch)
+
+
+def _lovasz_flat(errors, fg):
+    """Lovasz extension of the Jaccard loss along the last axis [004, Eq. 13].
+
+    `errors`, `fg`: `(..., n)`. The errors are sorted in decreasing order;
+    with `G = sum fg` and the sorted labels' cumulative sums, the Jaccard
+    loss of the first i voxels is `J_i = 1 - (G - cumsum fg) / (G + cumsum
+    (1 - fg))`, and the extension is `sum_i e_(i) (J_i - J_(i-1))`.
+    """
+    order = ops.argsort(-ops.stop_gradient(errors), axis=-1)
+    errors = ops.take_along_axis(errors, order, axis=-1)
+    fg = ops.take_along_axis(fg, order, axis=-1)
+    total = ops.sum(fg, axis=-1, keepdims=True)
+    intersection = total - ops.cumsum(fg, axis=-1)
+    union = total + ops.cumsum(1.0 - fg, axis=-1)
+    jaccard = 1.0 - intersection / union
+    steps = ops.concatenate([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], -1)
+    return ops.sum(errors * ops.stop_gradient(steps), axis=-1)
+
+
+def _n_voxels(x):
+    n = 1
+    for d in x.shape[1:-1]:
+        n *= d
+    return n
+
+
+def lovasz(y_true, y_pred, batch=False, from_logits=False, include_background=True):
+    """Per-sample Lovasz loss [004, Eq. 11-13].
+
+    Per class, the errors `m_i = |g_i - s_i|` (Eq. 11) go through the exact
+    Lovasz extension of the Jaccard loss (Eq. 12-13); the mean over classes.
+    With `batch=True` the voxels of the whole mini-batch form one set.
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    _, g, s = prepare(y_true, y_pred, from_logits, "Lovasz")
+    g, s_used = _select_classes(g, include_background), _select_classes(s, include_background)
+    rank = len(s.shape)
+    c = s_used.shape[-1]
+    # classes first, then the batch, then the voxels of a sample (or of the
+    # whole batch) on the last axis
+    perm = (rank - 1, 0) + tuple(range(1, rank - 1))
+    flat_shape = (c, -1) if batch else (c, -1, _n_voxels(s))
+    g = ops.reshape(ops.transpose(g, perm), flat_shape)
+    s_used = ops.reshape(ops.transpose(s_used, perm), flat_shape)
+    per_class = _lovasz_flat(ops.abs(g - s_used), g)  # (C,) or (C, batch)
+    if batch:
+        return ops.broadcast_to(ops.mean(per_class), ops.shape(s)[:1])
+    return ops.mean(per_class, axis=0)
+
+
+# -------------------------------------------------------------------- classes
+class _RegionLoss(SegLoss):
+    _config_keys = ("smooth", "batch", "from_logits", "include_background")
+
+    def __init__(self, smooth, batch, from_logits, include_background, reduction, name,
+                 dtype):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.smooth = float(check_number("smooth", smooth, low=0))
+        self.batch = bool(batch)
+        self.from_logits = bool(from_logits)
+        self.include_background = bool(include_background)
+
+    @property
+    def _common(self):
+        return dict(
+            smooth=self.smooth,
+            batch=self.batch,
+            from_logits=self.from_logits,
+            include_background=self.include_background,
+        )
+
+
+_COMMON_ARGS = """        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `{smooth}`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`."""
+
+
+@register
+class SensitivitySpecificity(_RegionLoss):
+    """Sensitivity-specificity loss.
+
+    `SS = w sum (g - s)^2 g / (sum g + e) + (1 - w) sum (g - s)^2 (1 - g) /
+    (sum (1 - g) + e)` per class, the mean over classes; `w` weighs the
+    foreground (sensitivity) term.
+
+    Args:
+        w: float in [0, 1]. Defaults to `0.1`.
+{common}
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[1.0], [0.0]]])
+    >>> float(SensitivitySpecificity()(y, p))
+    0.0
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 7]; Brosch et al., 2015.
+    """
+
+    _config_keys = ("w",) + _RegionLoss._config_keys
+
+    def __init__(self, w=0.1, smooth=1.0, batch=False, from_logits=False,
+                 include_background=True, reduction="sum_over_batch_size",
+                 name="sensitivity_specificity", dtype=None):
+        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
+                         dtype)
+        self.w = float(check_number("w", w, low=0, high=1))
+
+    def call(self, y_true, y_pred):
+        return sensitivity_specificity(y_true, y_pred, self.w, **self._common)
+
+
+@register
+class IoU(_RegionLoss):
+    """Soft IoU (Jaccard) loss.
+
+    `IoU = 1 - (sum g s + e) / (sum (g + s - g s) + e)` per class, the mean
+    over classes.
+
+    Args:
+{common}
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[1.0], [1.0]]])
+    >>> round(float(IoU(smooth=0.0)(y, p)), 4)
+    0.5
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 10]; Rahman and Wang, 2016.
+    """
+
+    def __init__(self, smooth=1.0, batch=False, from_logits=False,
+                 include_background=True, reduction="sum_over_batch_size", name="iou",
+                 dtype=None):
+        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
+                         dtype)
+
+    def call(self, y_true, y_pred):
+        return iou(y_true, y_pred, **self._common)
+
+
+@register
+class Lovasz(SegLoss):
+    """Lovasz loss: the exact Lovasz extension of the Jaccard loss.
+
+    Per class, the voxel errors `m_i = |g_i - s_i|` are sorted in decreasing
+    order and weighted by the increments of the Jaccard loss of the growing
+    set of worst voxels [004, Eq. 11-13]; the mean over classes (one sigmoid
+    channel: the foreground's). On binary predictions it equals `1 - IoU`.
+
+    Args:
+        batch: bool, the voxels of the whole mini-batch form one set.
+            Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [1.0], [0.0]]]); p = np.array([[[1.0], [0.0], [1.0]]])
+    >>> round(float(Lovasz()(y, p)), 4)
+    0.6667
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 11-13]; Berman et al., 2018.
+    """
+
+    _config_keys = ("batch", "from_logits", "include_background")
+
+    def __init__(self, batch=False, from_logits=False, include_background=True,
+                 reduction="sum_over_batch_size", name="lovasz", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.batch = bool(batch)
+        self.from_logits = bool(from_logits)
+        self.include_background = bool(include_background)
+
+    def call(self, y_true, y_pred):
+        return lovasz(y_true, y_pred, self.batch, self.from_logits, self.include_background)
+
+
+@register
+class Tversky(_RegionLoss):
+    """Tversky loss.
+
+    `TL = 1 - (TP + e) / (TP + alpha FP + beta FN + e)` per class with soft
+    counts `TP = sum g s`, `FP = sum (1 - g) s`, `FN = sum g (1 - s)`; the
+    mean over classes. `alpha = beta = 0.5` is the Dice loss. Note that
+    `keras.losses.Tversky` puts its `alpha` on false negatives.
+
+    Args:
+        alpha: float >= 0, the weight of false positives. Defaults to `0.3`.
+        beta: float >= 0, the weight of false negatives. Defaults to `0.7`.
+{common}
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[0.0], [1.0]]])
+    >>> round(float(Tversky(smooth=1.0)(y, p)), 4)
+    0.5
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 14]; Salehi et al., 2017.
+    """
+
+    _config_keys = ("alpha", "beta") + _RegionLoss._config_keys
+
+    def __init__(self, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
+                 include_background=True, reduction="sum_over_batch_size",
+                 name="tversky", dtype=None):
+        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
+                         dtype)
+        self.alpha = float(check_number("alpha", alpha, low=0))
+        self.beta = float(check_number("beta", beta, low=0))
+
+    def call(self, y_true, y_pred):
+        return tversky(y_true, y_pred, self.alpha, self.beta, **self._common)
+
+
+@register
+class FocalTversky(_RegionLoss):
+    """Focal Tversky loss: the per-class Tversky loss raised to `gamma`.
+
+    `FTL = mean_c (1 - T_c)^gamma` (Eq. 16 writes the exponent as
+    `1/gamma`; the review's code and this class use `gamma` directly, so
+    `gamma < 1` emphasizes hard classes).
+
+    Args:
+        alpha: float >= 0, the weight of false positives. Defaults to `0.3`.
+        beta: float >= 0, the weight of false negatives. Defaults to `0.7`.
+        gamma: float > 0. Defaults to `0.75`.
+{common}
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[0.0], [1.0]]])
+    >>> round(float(FocalTversky(gamma=1.0)(y, p)), 4)
+    0.5
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 16]; Abraham and Khan, 2019.
+    """
+
+    _config_keys = ("alpha", "beta", "gamma") + _RegionLoss._config_keys
+
+    def __init__(self, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
+                 from_logits=False, include_background=True,
+                 reduction="sum_over_batch_size", name="focal_tversky", dtype=None):
+        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
+                         dtype)
+        self.alpha = float(check_number("alpha", alpha, low=0))
+        self.beta = float(check_number("beta", beta, low=0))
+        self.gamma = float(check_number("gamma", gamma, low=0, low_open=True))
+
+    def call(self, y_true, y_pred):
+        return focal_tversky(
+            y_true, y_pred, self.alpha, self.beta, self.gamma, **self._common
+        )
+
+
+@register
+class AsymmetricSimilarity(_RegionLoss):
+    """Asymmetric similarity loss (F-beta loss).
+
+    `1 - (TP + e) / (TP + beta^2/(1 + beta^2) FN + 1/(1 + beta^2) FP + e)`
+    per class, the mean over classes: the Tversky loss with `alpha + beta = 1`.
+
+    Args:
+        beta: float > 0; beta > 1 weighs false negatives more. Defaults to
+            `1.5`.
+{common}
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[1.0], [0.0]]])
+    >>> float(AsymmetricSimilarity()(y, p))
+    0.0
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 17]; Hashemi et al., 2019.
+    """
+
+    _config_keys = ("beta",) + _RegionLoss._config_keys
+
+    def __init__(self, beta=1.5, smooth=1.0, batch=False, from_logits=False,
+                 include_background=True, reduction="sum_over_batch_size",
+                 name="asymmetric_similarity", dtype=None):
+        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
+                         dtype)
+        self.beta = float(check_number("beta", beta, low=0, low_open=True))
+
+    def call(self, y_true, y_pred):
+        return asymmetric_similarity(y_true, y_pred, self.beta, **self._common)
+
+
+@register
+class GeneralizedDice(_RegionLoss):
+    """Generalized Dice loss.
+
+    `GDL = 1 - (2 sum_c w_c sum_i g s + e) / (sum_c w_c sum_i (g + s) + e)`
+    with `w_c = 1 / (sum_i g_i^c)^2` (no gradient through the weights); a class
+    absent from the ground truth gets the largest weight of the present ones
+    (MONAI's convention). The small default `smooth` matters: the weighted
+    sums are of order `1 / sum g`.
+
+    Args:
+{common}
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[1.0], [0.0]]])
+    >>> round(float(GeneralizedDice()(y, p)), 4)
+    0.0
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 15]; Sudre et al., 2017.
+    """
+
+    def __init__(self, smooth=1e-5, batch=False, from_logits=False,
+                 include_background=True, reduction="sum_over_batch_size",
+                 name="generalized_dice", dtype=None):
+        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
+                         dtype)
+
+    def call(self, y_true, y_pred):
+        return generalized_dice(y_true, y_pred, **self._common)
+
+
+@register
+class PenaltyGeneralizedDice(_RegionLoss):
+    """Penalty generalized Dice loss.
+
+    `1 - pGD`, `pGD = 2 sum_c w_c TP_c / (sum_c w_c (G_c + S_c) + k sum_c
+    w_c (FP_c + FN_c)) = GD / (1 + k (1 - GD))`, GD the generalized Dice
+    coefficient (see `GeneralizedDice`); `k = 0` is the generalized Dice loss.
+
+    Args:
+        k: float >= 0, the penalty of false positives and negatives.
+            Defaults to `2.5`.
+{common}
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [0.0]]]); p = np.array([[[1.0], [1.0]]])
+    >>> round(float(PenaltyGeneralizedDice(smooth=0.0)(y, p)), 4)
+    0.6364
+
+    Reference:
+        Ma et al., Loss odyssey [004, Eq. 18]; Su et al., 2019.
+    """
+
+    _config_keys = ("k",) + _RegionLoss._config_keys
+
+    def __init__(self, k=2.5, smooth=1e-5, batch=False, from_logits=False,
+                 include_background=True, reduction="sum_over_batch_size",
+                 name="penalty_generalized_dice", dtype=None):
+        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
+                         dtype)
+        self.k = float(check_number("k", k, low=0))
+
+    def call(self, y_true, y_pred):
+        return penalty_generalized_dice(y_true, y_pred, self.k, **self._common)
+
+
+for _cls, _smooth in (
+    (SensitivitySpecificity, "1.0"), (IoU, "1.0"), (Tversky, "1.0"),
+    (FocalTversky, "1.0"), (AsymmetricSimilarity, "1.0"), (GeneralizedDice, "1e-05"),
+    (PenaltyGeneralizedDice, "1e-05"),
+):
+    _cls.__doc__ = _cls.__doc__.replace("{common}", _COMMON_ARGS.format(smooth=_smooth))
+del _cls, _smooth

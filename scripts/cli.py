@@ -1,0 +1,315 @@
+"""The `cmseg` command line: synth, train, evaluate, predict, demo.
+
+    cmseg synth    --out DIR [--seed N]
+    cmseg train    --data DIR --experiment {bone,surgeon} --fold {K,all}
+                   --model NAME --loss NAME --out RUNDIR [options]
+    cmseg evaluate --data DIR --runs RUNDIR [RUNDIR ...] --out REPORTDIR
+    cmseg predict  --model PATH --input X.npy --out DIR
+    cmseg demo     [--out DIR] [--epochs N] [--steps-per-epoch N]
+
+From a checkout: `python -m scripts ...`. Exit status 0 on success, 2 for
+bad command-line values (unknown names or folds, unusable files), 1 for
+failures while running.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+__all__ = ["main", "build_parser"]
+
+PROG = "cmseg"
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fold(text):
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fold number (1-based) or 'all', got {text!r}"
+        ) from None
+
+
+def _json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _augment(text):
+    return None if text == "none" else text
+
+
+# (flag, dest) of the options a per-fold command repeats when not default.
+_TRAIN_OPTIONS = (
+    ("--loss-config", "loss_config"),
+    ("--epochs", "epochs"),
+    ("--batch-size", "batch_size"),
+    ("--lr", "lr"),
+    ("--steps-per-epoch", "steps_per_epoch"),
+    ("--validation-steps", "validation_steps"),
+    ("--seed", "seed"),
+    ("--base-filters", "base_filters"),
+    ("--depth", "depth"),
+    ("--dropout", "dropout"),
+    ("--augment", "augment"),
+    ("--input-encoding", "input_encoding"),
+    ("--distribute", "distribute"),
+    ("--overwrite", "overwrite"),
+)
+
+
+def _add_train_options(p, epochs=200, steps=None):
+    from scripts import registry
+
+    p.add_argument("--model", default="unet", choices=registry.MODELS,
+                   help="architecture (models3d.get name). Default: %(default)s")
+    p.add_argument("--loss", default="rpdl", choices=registry.loss_names(), metavar="NAME",
+                   help="training loss: the paper's wcel, dl, rpdl or the snake_case name "
+                   "of any loss of keras_seglosses (%(choices)s). Default: %(default)s")
+    p.add_argument("--loss-config", type=_json_object, default={}, metavar="JSON",
+                   help='constructor arguments of the loss, e.g. \'{"smooth": 1e-5}\'')
+    p.add_argument("--epochs", type=_positive_int, default=epochs,
+                   help="maximum number of epochs. Default: %(default)s")
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="Default: %(default)s")
+    p.add_argument("--lr", type=_positive_float, default=1e-4,
+                   help="initial Adam learning rate. Default: %(default)s")
+    p.add_argument("--steps-per-epoch", type=_positive_int, default=steps,
+                   help="batches per epoch (default: one pass over the training pairs)")
+    p.add_argument("--validation-steps", type=_positive_int, default=None,
+                   help="validation batches per epoch (default: the whole split)")
+    p.add_argument("--seed", type=int, default=0, help="Default: %(default)s")
+    p.add_argument("--base-filters", type=_positive_int, default=4,
+                   help="filters of the first level. Default: %(default)s")
+    p.add_argument("--depth", type=_positive_int, default=5,
+                   help="encoder levels (not Myronenko18). Default: %(default)s")
+    p.add_argument("--dropout", type=float, default=0.3,
+                   help="dropout rate (not Myronenko18). Default: %(default)s")
+    p.add_argument("--augment", type=_augment, default="random",
+                   choices=("random", "all48", "original216", None), metavar="MODE",
+                   help="random, all48, original216 or none. Default: %(default)s")
+    p.add_argument("--input-encoding", default="scaled", choices=("scaled", "onehot"),
+                   help="Default: %(default)s")
+    p.add_argument("--distribute", action="store_true",
+                   help="data-parallel on every local device (JAX: DataParallel; "
+                   "TensorFlow: MirroredStrategy)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain even if RUNDIR holds a finished run")
+
+
+def build_parser():
+    from scripts import registry
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Leave-one-out experiments of the Reward-Penalty Dice Loss paper "
+        "(cortical mastoidectomy data): synthesize data, train, evaluate, predict.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic CM data set")
+    p.add_argument("--out", required=True, help="directory for x{B}_{S}.npy and y{B}_{S}.npy")
+    p.add_argument("--seed", type=int, default=0, help="Default: %(default)s")
+    p.add_argument("--bones", type=_positive_int, default=9, help="Default: %(default)s")
+    p.add_argument("--surgeons", type=_positive_int, default=7, help="Default: %(default)s")
+    p.add_argument("--size", type=_positive_int, default=64, help="cube edge. Default: %(default)s")
+
+    p = sub.add_parser("train", help="train one fold (or all) of an experiment")
+    p.add_argument("--data", required=True, help="CM data directory")
+    p.add_argument("--experiment", required=True, choices=registry.EXPERIMENTS,
+                   help="bone: Experiment 1 (leave one bone out); surgeon: Experiment 2")
+    p.add_argument("--fold", required=True, type=_fold,
+                   help="1-based fold (bone 1-9, surgeon 1-7 on the CM data) or all")
+    p.add_argument("--out", required=True, help="run directory (with --fold all: the "
+                   "parent of one fold-K directory per fold)")
+    p.add_argument("--print-fold-commands", action="store_true",
+                   help="print one command per fold (for a cluster scheduler) and exit")
+    _add_train_options(p)
+
+    p = sub.add_parser("evaluate", help="the paper's evaluation of trained runs")
+    p.add_argument("--data", required=True, help="CM data directory")
+    p.add_argument("--runs", required=True, nargs="+",
+                   help="run directories, or directories of runs")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="Default: %(default)s")
+
+    p = sub.add_parser("predict", help="predict the surgical region of new bones")
+    p.add_argument("--model", required=True, help="a .keras model or an original .h5 file")
+    p.add_argument("--input", required=True,
+                   help=".npy label volumes, shape (64, 64, 64) or (N, 64, 64, 64)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--architecture", default="unet", choices=registry.MODELS,
+                   help="architecture of an .h5 file. Default: %(default)s")
+    p.add_argument("--batch-size", type=_positive_int, default=2, help="Default: %(default)s")
+
+    p = sub.add_parser("demo", help="synthesize, train dl and rpdl, evaluate, predict")
+    p.add_argument("--out", default="demo_out", help="Default: %(default)s")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="Default: the demo's short schedule")
+    p.add_argument("--steps-per-epoch", type=_positive_int, default=None,
+                   help="Default: the demo's short schedule")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="Default: the demo's short schedule")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="Default: the demo's short schedule")
+    p.add_argument("--size", type=_positive_int, default=64, help="Default: %(default)s")
+    p.add_argument("--overwrite", action="store_true", help="redo every step")
+    return parser
+
+
+def fold_commands(args, folds, prog=PROG):
+    """One `train` command line per fold, options repeated when not default."""
+    defaults = vars(build_parser().parse_args(
+        ["train", "--data", "d", "--experiment", "bone", "--fold", "1", "--out", "o"]))
+    base = [prog, "train", "--data", args.data, "--experiment", args.experiment,
+            "--model", args.model, "--loss", args.loss]
+    extra = []
+    for flag, dest in _TRAIN_OPTIONS:
+        value = getattr(args, dest)
+        if value == defaults[dest]:
+            continue
+        if isinstance(value, bool):
+            extra.append(flag)
+        elif isinstance(value, dict):
+            extra += [flag, json.dumps(value)]
+        else:
+            extra += [flag, "none" if value is None else str(value)]
+    return [
+        shlex.join(base + ["--fold", str(k), "--out", os.path.join(args.out, f"fold-{k}")] + extra)
+        for k in folds
+    ]
+
+
+def _cmd_synth(args):
+    from cm_dataset import synthetic
+
+    print(f"synthesizing {args.bones} bones x {args.surgeons} surgeons at {args.size}^3 ...",
+          file=sys.stderr)
+    data = synthetic.generate(n_bones=args.bones, n_surgeons=args.surgeons, size=args.size,
+                              seed=args.seed)
+    paths = data.save(args.out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _train_config(args, fold):
+    from scripts.train import TrainConfig
+
+    return TrainConfig(
+        data=os.path.abspath(args.data), experiment=args.experiment, fold=fold,
+        model=args.model, loss=args.loss, loss_config=args.loss_config, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, steps_per_epoch=args.steps_per_epoch,
+        validation_steps=args.validation_steps, seed=args.seed, base_filters=args.base_filters,
+        depth=args.depth, dropout=args.dropout, augment=args.augment,
+        input_encoding=args.input_encoding, distribute=args.distribute,
+    )
+
+
+def _cmd_train(args, parser):
+    from scripts import registry
+    from scripts.train import train
+
+    if args.fold == "all" or args.print_fold_commands:
+        import cm_dataset
+
+        try:
+            data = cm_dataset.load(args.data)
+        except ValueError as e:
+            parser.error(f"--data {args.data}: {e}")
+        folds = registry.valid_folds(args.experiment, data.n_bones, data.n_surgeons)
+        if args.fold != "all" and args.fold not in folds:
+            parser.error(f"argument --fold: invalid choice: {args.fold} "
+                         f"(choose from {', '.join(map(str, folds))}, all)")
+        if args.print_fold_commands:
+            chosen = folds if args.fold == "all" else [args.fold]
+            print("\n".join(fold_commands(args, chosen)))
+            return 0
+        for k in folds:
+            print(f"== {args.experiment} fold {k}/{len(folds)}", file=sys.stderr)
+            train(_train_config(args, k), os.path.join(args.out, f"fold-{k}"),
+                  overwrite=args.overwrite)
+        return 0
+    train(_train_config(args, args.fold), args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_evaluate(args, parser):
+    from scripts.evaluate import evaluate
+
+    for path in [args.data, *args.runs]:
+        if not os.path.isdir(path):
+            parser.error(f"{path}: no such directory")
+    evaluate(args.data, args.runs, args.out, batch_size=args.batch_size)
+    return 0
+
+
+def _cmd_predict(args, parser):
+    from scripts.predict import predict
+
+    predict(args.model, args.input, args.out, architecture=args.architecture,
+            batch_size=args.batch_size)
+    return 0
+
+
+def _cmd_demo(args, parser):
+    from scripts.demo import demo
+
+    demo(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+         batch_size=args.batch_size, lr=args.lr, size=args.size, overwrite=args.overwrite)
+    return 0
+
+
+def main(argv=None):
+    """Run `cmseg` with `argv` (default: `sys.argv[1:]`); return the exit
+    status (2 for bad command-line values)."""
+    from scripts.train import UsageError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    commands = {"synth": lambda a, p: _cmd_synth(a), "train": _cmd_train,
+                "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    try:
+        return commands[args.command](args, sub)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted; every completed epoch is saved, run the "
+              "same command again to resume.", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError) as e:
+        sub.print_usage(sys.stderr)
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,383 @@
+"""`cmseg evaluate`: the RPDL paper's evaluation protocol and its tables.
+
+Protocol (SPEC.md section 8, [000, Sec. V, Eq. 5-6]). Predictions are
+binarized at 0.5.
+
+* Experiment 1 (leave one bone out): the held-out bone's prediction is
+  compared with each of its surgeons' regions; RPD uses the reward-penalty
+  map of those surgeons (penalty -1, normalized).
+* Experiment 2 (leave one surgeon out): every bone's prediction is compared
+  with the fold's training surgeons, the map built from those surgeons; the
+  surgeon baseline compares the held-out surgeon with the same surgeons and
+  the same map.
+
+One case is one (prediction, surgeon) pair. Rows of the tables are the mean
++/- standard deviation (numpy's, `ddof=0`) of the cases of one bone
+(Experiment 1) or one held-out surgeon (Experiment 2), and "Overall" over
+all cases; columns are the (model, loss) pairs side by side, as Tables I-IV.
+HD95 and NSD (in voxels, tolerance 1 voxel) come from
+`keras_seglosses.metrics.functional` where that module provides them.
+"""
+
+import math
+import os
+
+import numpy as np
+
+from scripts import _io, registry
+
+__all__ = [
+    "METRICS",
+    "available_metrics",
+    "pair_scores",
+    "fold_cases",
+    "summarize",
+    "to_markdown",
+    "evaluate",
+    "find_runs",
+]
+
+#: Metric key -> table title.
+METRICS = {"dice": "Dice", "rpd": "RPD", "hd95": "HD95", "nsd": "NSD"}
+BASELINE = ("surgeons", "baseline")
+
+
+def available_metrics():
+    """The metrics this installation computes: Dice and RPD always, HD95 and
+    NSD when `keras_seglosses.metrics.functional` provides them."""
+    from keras_seglosses.metrics import functional
+
+    return [m for m in METRICS if m in ("dice", "rpd") or hasattr(functional, m)]
+
+
+def pair_scores(prediction, annotations, rpmap, metrics=None):
+    """Score one prediction against several annotations of the same input.
+
+    Args:
+        prediction: array `(*spatial)`, probabilities or a binary mask
+            (binarized at 0.5).
+        annotations: array `(K, *spatial)`, the K surgeons' binary regions.
+        rpmap: array `(*spatial)`, the reward-penalty map for RPD.
+        metrics: list of metric keys. Defaults to `available_metrics()`.
+
+    Returns:
+        dict metric -> float64 array `(K,)`, one value per annotation.
+    """
+    from keras import ops
+
+    from keras_seglosses import pack_targets
+    from keras_seglosses.metrics import functional
+
+    metrics = available_metrics() if metrics is None else metrics
+    annotations = np.asarray(annotations, np.float32)
+    k = annotations.shape[0]
+    pred = np.broadcast_to(np.asarray(prediction, np.float32)[None, ..., None],
+                           annotations.shape + (1,))
+    labels = annotations[..., None]
+    m = np.broadcast_to(np.asarray(rpmap, np.float32)[None, ..., None], labels.shape)
+    packed = pack_targets(labels, m)
+    functions = {"dice": functional.dice, "rpd": functional.reward_penalty_dice}
+    out = {}
+    for name in metrics:
+        fn = functions.get(name) or getattr(functional, name)
+        y_true = packed if name == "rpd" else labels
+        out[name] = np.asarray(ops.convert_to_numpy(fn(y_true, pred)), np.float64).reshape(k)
+    return out
+
+
+def fold_cases(data, experiment, fold, predictions, metrics=None, baseline=True):
+    """Cases of one fold, as dicts.
+
+    Args:
+        data: `cm_dataset.CMData` (or anything with `y`, `n_bones`,
+            `n_surgeons` and the flat index `bone * n_surgeons + surgeon`).
+        experiment: `"bone"` or `"surgeon"`.
+        fold: int, 1-based.
+        predictions: dict bone (0-based) -> prediction `(*spatial)`: the
+            held-out bone for `"bone"`, every bone for `"surgeon"`.
+        metrics: list of metric keys. Defaults to `available_metrics()`.
+        baseline: bool, add the surgeon-baseline cases (Experiment 2 only).
+
+    Returns:
+        (cases, baseline_cases): lists of dicts with keys `fold`, `bone`,
+        `surgeon` (1-based), `row` and one key per metric.
+    """
+    from cm_dataset import get_split
+    from keras_seglosses import reward_penalty_map
+
+    y = np.asarray(data.y).reshape(data.n_bones, data.n_surgeons, *data.y.shape[1:])
+    if experiment not in registry.EXPERIMENTS:
+        registry.valid_folds(experiment)  # raises, listing the experiments
+    split = get_split(registry.EXPERIMENT_NUMBERS[experiment], fold, data.n_bones,
+                      data.n_surgeons)
+    held_out = split.held_out if experiment == "surgeon" else None
+    plan = [(b, list(split.reference_surgeons[b]), held_out) for b in split.test_bones]
+    row = f"{'Bone' if experiment == 'bone' else 'Surgeon'}{fold}"
+    cases, base = [], []
+    for bone, surgeons, held_out in plan:
+        ann = y[bone, surgeons]
+        rpmap = reward_penalty_map(ann)
+        scored = [(predictions[bone], cases)]
+        if baseline and held_out is not None:
+            scored.append((y[bone, held_out], base))
+        for pred, sink in scored:
+            values = pair_scores(pred, ann, rpmap, metrics)
+            for i, s in enumerate(surgeons):
+                sink.append(
+                    {
+                        "fold": fold,
+                        "bone": bone + 1,
+                        "surgeon": s + 1,
+                        "row": row,
+                        **{m: float(v[i]) for m, v in values.items()},
+                    }
+                )
+    return cases, base
+
+
+def _column_order(columns):
+    losses = list(registry.PAPER_LOSSES)
+
+    def key(col):
+        model, loss = col
+        if col == BASELINE:
+            return (len(registry.MODELS) + 1, 0, "")
+        mi = registry.MODELS.index(model) if model in registry.MODELS else len(registry.MODELS)
+        li = losses.index(loss) if loss in losses else len(losses)
+        return (mi, li, loss)
+
+    return sorted(columns, key=key)
+
+
+def _row_order(row):
+    if row == "Overall":
+        return (2, 0)
+    if row == "Surgeon baseline":
+        return (3, 0)
+    digits = "".join(c for c in row if c.isdigit())
+    return (1 if row.startswith("Surgeon") else 0, int(digits or 0))
+
+
+def summarize(cases, metrics):
+    """Mean and std per (experiment, metric, column, row).
+
+    Args:
+        cases: dicts with keys `experiment`, `model`, `loss`, `row` and the
+            metrics. Baseline cases have model `"surgeons"`, loss
+            `"baseline"`; they form the "Surgeon baseline" row of every
+            column of their experiment.
+        metrics: metric keys.
+
+    Returns:
+        list of dicts `experiment, metric, model, loss, row, mean, std, n`.
+    """
+    out = []
+    experiments = sorted({c["experiment"] for c in cases})
+    for exp in experiments:
+        mine = [c for c in cases if c["experiment"] == exp]
+        columns = _column_order({(c["model"], c["loss"]) for c in mine} - {BASELINE})
+        baseline = [c for c in mine if (c["model"], c["loss"]) == BASELINE]
+        for metric in metrics:
+            for col in columns:
+                group = [c for c in mine if (c["model"], c["loss"]) == col]
+                rows = {}
+                for c in group:
+                    rows.setdefault(c["row"], []).append(c[metric])
+                rows["Overall"] = [c[metric] for c in group]
+                if baseline:
+                    folds = {c["fold"] for c in group}
+                    rows["Surgeon baseline"] = [c[metric] for c in baseline if c["fold"] in folds]
+                for row in sorted(rows, key=_row_order):
+                    values = np.asarray(rows[row], np.float64)
+                    out.append(
+                        {
+                            "experiment": exp,
+                            "metric": metric,
+                            "model": col[0],
+                            "loss": col[1],
+                            "row": row,
+                            "mean": float(values.mean()) if values.size else math.nan,
+                            "std": float(values.std()) if values.size else math.nan,
+                            "n": int(values.size),
+                        }
+                    )
+    return out
+
+
+EXPERIMENT_TITLES = {
+    "bone": "Experiment 1: leave one bone out",
+    "surgeon": "Experiment 2: leave one surgeon out",
+}
+
+
+def to_markdown(summary, digits=3):
+    """Tables in the layout of the paper's Tables I-IV: one table per
+    experiment and metric, rows per bone/surgeon and Overall, a column per
+    (model, loss), cells `mean ± std`."""
+    parts = []
+    for exp in sorted({s["experiment"] for s in summary}):
+        for metric in METRICS:
+            cells = [s for s in summary if s["experiment"] == exp and s["metric"] == metric]
+            if not cells:
+                continue
+            columns = _column_order({(s["model"], s["loss"]) for s in cells})
+            rows = sorted({s["row"] for s in cells}, key=_row_order)
+            table = {(s["row"], s["model"], s["loss"]): s for s in cells}
+            lines = [
+                f"### {EXPERIMENT_TITLES.get(exp, exp)}: {METRICS[metric]} ± std",
+                "",
+                "| Model | " + " | ".join(m for m, _ in columns) + " |",
+                "|---|" + "---|" * len(columns),
+                "| Training loss | " + " | ".join(loss for _, loss in columns) + " |",
+            ]
+            for row in rows:
+                vals = []
+                for model, loss in columns:
+                    s = table.get((row, model, loss))
+                    vals.append(
+                        "" if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+                    )
+                lines.append(f"| {row} | " + " | ".join(vals) + " |")
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def find_runs(paths):
+    """Run directories from the paths given: a directory holding
+    `config.json`, or a directory whose subdirectories do (`--fold all`)."""
+    runs = []
+    for path in paths:
+        if os.path.isfile(os.path.join(path, "config.json")):
+            runs.append(path)
+            continue
+        subs = sorted(
+            os.path.join(path, d)
+            for d in (os.listdir(path) if os.path.isdir(path) else [])
+            if os.path.isfile(os.path.join(path, d, "config.json"))
+        )
+        if not subs:
+            raise ValueError(
+                f"Invalid value for --runs. Expected a run directory (with config.json) "
+                f"or a directory of runs. Received: {path}"
+            )
+        runs += subs
+    return runs
+
+
+def _predict_run(rundir, config, data, bones, batch_size):
+    import keras
+
+    import keras_seglosses  # noqa: F401  (registered losses)
+    import models3d  # noqa: F401  (registered layers)
+    from scripts.predict import encode
+
+    model = keras.models.load_model(os.path.join(rundir, "model.keras"), compile=False)
+    x = np.stack([data.bone_input(b) for b in bones])
+    prob = model.predict(encode(x, config.get("input_encoding", "scaled")),
+                         batch_size=batch_size, verbose=0)
+    return {b: prob[i, ..., 0] for i, b in enumerate(bones)}
+
+
+def plot_history(runs, path):
+    """Training and validation loss per epoch, one panel per (model, loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {}
+    for rundir, config in runs:
+        hist = os.path.join(rundir, "history.csv")
+        if os.path.isfile(hist):
+            groups.setdefault((config["model"], config["loss"]), []).append(
+                (config, _io.read_csv(hist))
+            )
+    cols = _column_order(groups) or [("", "")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.2), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        for i, (config, rows) in enumerate(groups.get(col, [])):
+            epochs = [int(r["epoch"]) for r in rows]
+            color = f"C{i % 10}"
+            label = f"{config['experiment']} fold {config['fold']}"
+            for key, style in (("loss", "-"), ("val_loss", "--")):
+                if rows and key in rows[0]:
+                    ax.plot(epochs, [float(r[key]) for r in rows], style, color=color,
+                            label=f"{label} ({'train' if key == 'loss' else 'val'})")
+        ax.set_title(f"{col[0]} / {col[1]}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        if ax.lines:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    with _io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def plot_boxes(cases, path, metric="dice"):
+    """Box plots of the per-case metric by (model, loss), one panel per
+    experiment (the surgeon baseline as its own box in Experiment 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    exps = sorted({c["experiment"] for c in cases})
+    fig, axes = plt.subplots(1, max(len(exps), 1), figsize=(5 * max(len(exps), 1), 3.6),
+                             squeeze=False)
+    for ax, exp in zip(axes[0], exps):
+        mine = [c for c in cases if c["experiment"] == exp]
+        cols = _column_order({(c["model"], c["loss"]) for c in mine})
+        data = [[c[metric] for c in mine if (c["model"], c["loss"]) == col] for col in cols]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(cols) + 1), [f"{m}\n{lo}" for m, lo in cols], fontsize=7)
+        ax.set_title(EXPERIMENT_TITLES.get(exp, exp), fontsize=9)
+        ax.set_ylabel(f"{METRICS[metric]} per case")
+    fig.tight_layout()
+    with _io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
+    """Evaluate run directories and write the report into `out`.
+
+    Writes `results.csv` (the summary: experiment, metric, model, loss, row,
+    mean, std, n), `cases.csv` (every case), `results.md` (the tables),
+    `training_curves.png` and `dice_boxplot.png`.
+
+    Returns:
+        The markdown text of the tables.
+    """
+    import cm_dataset
+
+    data = cm_dataset.load(data_dir)
+    metrics = available_metrics() if metrics is None else metrics
+    runs = [(r, _io.read_json(os.path.join(r, "config.json"))) for r in find_runs(run_paths)]
+    for rundir, _ in runs:
+        if not os.path.isfile(os.path.join(rundir, "model.keras")):
+            raise ValueError(f"{rundir}: no model.keras (the run has not completed an epoch).")
+    cases, seen_baselines = [], set()
+    progress = _io.Progress(len(runs), "evaluate")
+    for rundir, config in runs:
+        exp, fold = config["experiment"], int(config["fold"])
+        bones = [fold - 1] if exp == "bone" else list(range(data.n_bones))
+        preds = _predict_run(rundir, config, data, bones, batch_size)
+        want_base = exp == "surgeon" and (exp, fold) not in seen_baselines
+        seen_baselines.add((exp, fold))
+        run_cases, base = fold_cases(data, exp, fold, preds, metrics, baseline=want_base)
+        tag = {"experiment": exp, "run": rundir}
+        cases += [{**tag, "model": config["model"], "loss": config["loss"], **c} for c in run_cases]
+        cases += [{**tag, "model": BASELINE[0], "loss": BASELINE[1], **c} for c in base]
+        parent, name = os.path.split(os.path.normpath(rundir))
+        progress.update(note=os.path.join(os.path.basename(parent), name))
+    summary = summarize(cases, metrics)
+    text = to_markdown(summary)
+    os.makedirs(out, exist_ok=True)
+    _io.write_csv(os.path.join(out, "results.csv"), summary)
+    _io.write_csv(os.path.join(out, "cases.csv"), cases)
+    _io.write_text(os.path.join(out, "results.md"), text)
+    plot_history(runs, os.path.join(out, "training_curves.png"))
+    plot_boxes(cases, os.path.join(out, "dice_boxplot.png"))
+    log(text)
+    return text

@@ -1,0 +1,163 @@
+"""`cmseg predict`: surgical regions for new bones from a trained model.
+
+The model is a `.keras` file (from `cmseg train`, or any model saved by
+Keras 3) or a Keras 2 `.h5` file of the original RPDL code, whose weights
+are loaded into the matching `models3d` architecture with
+`models3d.load_original_weights`. The input holds one or more label volumes
+(anatomical labels 0..13), encoded as the model expects: one channel
+`x / 6.5 - 1` (the original's scaling) or 14 one-hot channels.
+"""
+
+import os
+
+import numpy as np
+
+from scripts import _io
+
+__all__ = ["encode", "load_volumes", "load_model", "predict", "plot_slices"]
+
+N_LABELS = 14
+
+
+def encode(x, encoding="scaled"):
+    """Network input from label volumes `(N, *spatial)`.
+
+    `"scaled"`: `x / 6.5 - 1` in one channel (labels 0..13 onto [-1, 1], the
+    original code's input); `"onehot"`: 14 channels.
+
+    Returns:
+        float32 array `(N, *spatial, 1 or 14)`.
+    """
+    x = np.asarray(x)
+    if encoding == "scaled":
+        return (x.astype(np.float32) / 6.5 - 1.0)[..., None]
+    if encoding == "onehot":
+        return np.eye(N_LABELS, dtype=np.float32)[x.astype(np.int64)]
+    raise ValueError(
+        "Invalid value for argument `encoding`. Expected 'scaled' or 'onehot'. "
+        f"Received: encoding={encoding!r}"
+    )
+
+
+def load_volumes(path, spatial=None):
+    """Read and validate `.npy` label volumes.
+
+    Args:
+        path: a `.npy` file of shape `(S, S, S)` or `(N, S, S, S)`.
+        spatial: the model's spatial shape, checked when given.
+
+    Returns:
+        int8 array `(N, S, S, S)`.
+
+    Raises:
+        ValueError: naming the file and what is wrong.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"--input {path}: file missing. Expected a .npy file of label volumes.")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
+        raise ValueError(f"--input {path}: unreadable as a NumPy .npy array ({e}).") from None
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(
+            f"--input {path}: wrong shape. Expected one volume (64, 64, 64) or a stack "
+            f"(N, 64, 64, 64) of anatomical label volumes. Received: shape {x.shape}."
+        )
+    if spatial is not None and tuple(x.shape[1:]) != tuple(spatial):
+        raise ValueError(
+            f"--input {path}: wrong shape. The model takes volumes of shape "
+            f"{tuple(spatial)}. Received: shape {x.shape[1:]} per volume."
+        )
+    if x.dtype != bool and not np.issubdtype(x.dtype, np.integer):
+        if not np.issubdtype(x.dtype, np.floating) or not np.all(np.round(x) == x):
+            raise ValueError(
+                f"--input {path}: wrong dtype. Expected integer anatomical labels "
+                f"0..{N_LABELS - 1}. Received: dtype {x.dtype}."
+            )
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > N_LABELS - 1:
+        raise ValueError(
+            f"--input {path}: label out of range. Expected anatomical labels "
+            f"0..{N_LABELS - 1}. Received values from {lo:g} to {hi:g}."
+        )
+    return x.astype(np.int8)
+
+
+def load_model(path, architecture="unet", size=64):
+    """A model from a `.keras` file, or the original's `.h5` weights loaded
+    into `models3d.get(architecture)` at `size`^3 with one input channel."""
+    import keras
+
+    import keras_seglosses  # noqa: F401  (registered losses)
+    import models3d
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--model {path}: file missing.")
+    if path.endswith(".keras"):
+        return keras.models.load_model(path, compile=False)
+    if path.endswith((".h5", ".hdf5")):
+        model = models3d.get(architecture, input_shape=(size, size, size, 1))
+        models3d.load_original_weights(model, path)
+        return model
+    raise ValueError(
+        f"--model {path}: unknown format. Expected a .keras model or an original "
+        "Keras 2 .h5 weight file."
+    )
+
+
+def plot_slices(x, region, path, max_rows=4):
+    """Orthogonal slices (axial, coronal, sagittal) through the centre of the
+    predicted region (the volume centre when empty): anatomy in grey, the
+    region in red. One row per volume, at most `max_rows`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(len(x), max_rows)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    for i in range(n):
+        idx = np.argwhere(region[i])
+        centre = idx.mean(axis=0).round().astype(int) if len(idx) else np.array(x[i].shape) // 2
+        for a, (ax, title) in enumerate(zip(axes[i], ("axis 0", "axis 1", "axis 2"))):
+            sl = [slice(None)] * 3
+            sl[a] = int(centre[a])
+            ax.imshow(np.take(x[i], centre[a], axis=a).T, cmap="gray", origin="lower",
+                      vmin=0, vmax=N_LABELS - 1)
+            mask = np.take(region[i], centre[a], axis=a).T
+            ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.6,
+                      origin="lower", vmin=0, vmax=1)
+            ax.set_title(f"volume {i}, {title} = {centre[a]}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    with _io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def predict(model_path, input_path, out, architecture="unet", batch_size=2, threshold=0.5,
+            log=print):
+    """Predict and write `region.npy` (int8, binary at `threshold`),
+    `probability.npy` (float32) and `slices.png` into `out`.
+
+    Returns:
+        `(region, probability)` arrays of shape `(N, S, S, S)`.
+    """
+    peek = load_volumes(input_path)
+    model = load_model(model_path, architecture, size=peek.shape[1])
+    shape = tuple(model.input_shape[1:])
+    x = load_volumes(input_path, spatial=shape[:-1])
+    encoding = "onehot" if shape[-1] == N_LABELS else "scaled"
+    prob = model.predict(encode(x, encoding), batch_size=batch_size, verbose=0)
+    prob = np.asarray(prob, np.float32)[..., 0]
+    region = (prob > threshold).astype(np.int8)
+    os.makedirs(out, exist_ok=True)
+    _io.save_npy(os.path.join(out, "probability.npy"), prob)
+    _io.save_npy(os.path.join(out, "region.npy"), region)
+    plot_slices(x, region, os.path.join(out, "slices.png"))
+    fractions = ", ".join(f"{100 * r.mean():.2f}%" for r in region[:8])
+    log(f"{out}: {len(x)} volume(s), predicted region {fractions} of the volume -> "
+        "region.npy, probability.npy, slices.png")
+    return region, prob

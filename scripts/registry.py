@@ -1,0 +1,132 @@
+"""Names the command line accepts: losses, architectures, experiments, folds.
+
+The loss table is built from the classes `keras_seglosses.losses` exports, so
+a loss added to the library is trainable from `cmseg train` without touching
+this file. Every class is reachable by its snake_case name (`RewardPenaltyDice`
+-> `reward_penalty_dice`); the paper's short names are aliases [000, Sec. V]:
+`wcel` (weighted cross entropy, Eq. 1), `dl` (Dice loss, Eq. 2) and `rpdl`
+(reward-penalty Dice loss, Eq. 3).
+"""
+
+import inspect
+import re
+
+import keras
+
+from keras_seglosses import losses as _losses
+
+__all__ = [
+    "MODELS",
+    "EXPERIMENTS",
+    "EXPERIMENT_NUMBERS",
+    "PAPER_LOSSES",
+    "loss_names",
+    "loss_class",
+    "loss_targets",
+    "make_loss",
+    "snake_case",
+    "valid_folds",
+]
+
+#: `models3d.get` names of the paper's four architectures [000, Sec. V].
+MODELS = ("unet", "vnet", "isensee2017", "myronenko2018")
+
+#: Experiment 1 leaves one bone out, Experiment 2 one surgeon [000, Sec. V].
+EXPERIMENTS = ("bone", "surgeon")
+#: The experiment numbers `cm_dataset` uses.
+EXPERIMENT_NUMBERS = {"bone": 1, "surgeon": 2}
+
+#: The paper's short loss names and the classes they stand for.
+PAPER_LOSSES = {
+    "wcel": "WeightedBinaryCrossentropy",
+    "dl": "Dice",
+    "rpdl": "RewardPenaltyDice",
+}
+
+# Losses that read a reward-penalty target packed after the labels; every
+# other loss gets plain labels, since a packed RPMap would be mistaken for the
+# distance or region map some losses accept in the same channels.
+_TARGETS = {
+    "RewardPenaltyDice": "rpdl",
+    "LegacyRewardPenaltyDice": "legacy",
+}
+
+
+def snake_case(name):
+    """`RewardPenaltyDice` -> `reward_penalty_dice`, `HD95Loss` -> `hd95_loss`."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def _classes():
+    found = {}
+    for attr in getattr(_losses, "__all__", dir(_losses)):
+        obj = getattr(_losses, attr, None)
+        if inspect.isclass(obj) and issubclass(obj, keras.losses.Loss):
+            found[snake_case(attr)] = obj
+    return found
+
+
+def loss_names():
+    """Every name `--loss` accepts: the paper's aliases first, then the
+    snake_case name of every loss class, sorted."""
+    return tuple(PAPER_LOSSES) + tuple(sorted(_classes()))
+
+
+def loss_class(name):
+    """The `keras.losses.Loss` subclass behind a `--loss` name.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    classes = _classes()
+    key = snake_case(PAPER_LOSSES[name]) if name in PAPER_LOSSES else name
+    if key not in classes:
+        raise ValueError(
+            f"Invalid value for argument `loss`. Expected one of "
+            f"{', '.join(loss_names())}. Received: loss={name!r}"
+        )
+    return classes[key]
+
+
+def loss_targets(name):
+    """What `cm_dataset.make_dataset(targets=...)` must pack for this loss:
+    `"rpdl"` (labels + RPMap), `"legacy"` (the original's encoded target) or
+    `"plain"` (labels only)."""
+    return _TARGETS.get(loss_class(name).__name__, "plain")
+
+
+def make_loss(name, pos_weight=None, **kwargs):
+    """Instantiate the loss behind `name`.
+
+    `wcel` takes the paper's class weight, the background to foreground
+    ratio of the training labels [000, Eq. 1], passed as `pos_weight`.
+    `kwargs` go to the constructor (from `--loss-config`).
+    """
+    cls = loss_class(name)
+    if name == "wcel" and pos_weight is not None and "pos_weight" not in kwargs:
+        kwargs["pos_weight"] = float(pos_weight)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(
+            f"Invalid value for argument `loss_config` of loss {name!r}: {e}. "
+            f"Accepted arguments: {', '.join(_init_args(cls))}."
+        ) from None
+
+
+def _init_args(cls):
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p not in ("self", "args", "kwargs")]
+
+
+def valid_folds(experiment, n_bones=9, n_surgeons=7):
+    """Folds of an experiment: 1..n_bones (`bone`) or 1..n_surgeons
+    (`surgeon`)."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(
+            f"Invalid value for argument `experiment`. Expected one of "
+            f"{', '.join(EXPERIMENTS)}. Received: experiment={experiment!r}"
+        )
+    n = n_bones if experiment == "bone" else n_surgeons
+    return tuple(range(1, n + 1))

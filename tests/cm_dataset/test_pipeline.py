@@ -1,0 +1,211 @@
+"""The tf.data pipeline: encodings, targets, subsets, exact augmentation,
+determinism, and model.fit on every backend."""
+
+import keras
+import numpy as np
+import pytest
+
+from cm_dataset import CMData, generate, get_split, make_arrays, make_dataset
+from cm_dataset import augment as aug
+from keras_seglosses.rpmap import legacy_reward_penalty_targets
+
+SIZE = 8
+
+
+@pytest.fixture(scope="module")
+def data():
+    """3 bones x 3 surgeons, the 8^3 centre of a 16^3 draw: small volumes
+    keep the per-sample checks cheap (the pipeline takes any cube size)."""
+    d = generate(n_bones=3, n_surgeons=3, size=16, seed=2)
+    crop = (slice(None),) + (slice(4, 4 + SIZE),) * 3
+    return CMData(d.x[crop].copy(), d.y[crop].copy(), 3, 3)
+
+
+def _small(data):
+    return data
+
+
+def _batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def _reference(data, experiment, fold, subset, targets, encoding="scaled"):
+    """Independent numpy transcription: input encodings, RPMap count / max
+    or -1 [000, Fig. 2] from the allowed surgeons, the legacy target via
+    `legacy_reward_penalty_targets` with -K and K - 1."""
+    split = get_split(experiment, fold, data.n_bones, data.n_surgeons)
+    train, val = split.train_val(0.1)
+    pairs = {"train": train, "val": val, "test": split.test}[subset]
+    allowed = split.reference_surgeons if subset == "test" else split.map_surgeons
+    xs, ys = [], []
+    for b, s in pairs:
+        x = data.x[b * data.n_surgeons + s].astype(np.float64)
+        xs.append(x[..., None] / 6.5 - 1 if encoding == "scaled" else np.eye(14)[x.astype(int)])
+        y = data.y[b * data.n_surgeons + s].astype(np.float64)
+        stack = np.stack([data.y[b * data.n_surgeons + k] for k in allowed[b]]).astype(np.float64)
+        count = stack.sum(axis=0)
+        if targets == "plain":
+            ys.append(y[..., None])
+        elif targets == "rpdl":
+            m = np.where(count > 0, count / max(count.max(), 1), -1.0)
+            ys.append(np.stack([y, m], axis=-1))
+        else:
+            k = len(allowed[b])
+            ys.append(legacy_reward_penalty_targets(y, stack, penalty=-k, scale=k - 1)[..., None])
+    return np.stack(xs), np.stack(ys)
+
+
+@pytest.mark.parametrize("targets", ["rpdl", "plain", "legacy"])
+@pytest.mark.parametrize(
+    "experiment, fold, subset", [(1, 2, "test"), (2, 3, "val"), (2, 1, "test")]
+)
+def test_arrays_and_unaugmented_dataset_match_reference(data, targets, experiment, fold, subset):
+    rx, ry = _reference(data, experiment, fold, subset, targets)
+    x, y = make_arrays(data, experiment, fold, subset=subset, targets=targets)
+    assert x.dtype == y.dtype == np.float32
+    np.testing.assert_allclose(x, rx, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y, ry, rtol=1e-6, atol=1e-6)
+    ds = make_dataset(
+        data, experiment, fold, subset=subset, batch_size=4, targets=targets, augment=None
+    )
+    got = _batches(ds)
+    np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x)
+    np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y)
+
+
+def test_onehot(data):
+    rx, _ = _reference(data, 1, 1, "test", "plain", "onehot")
+    x, _ = make_arrays(data, 1, 1, input_encoding="onehot")
+    np.testing.assert_array_equal(x, rx)
+    (bx, by), = _batches(make_dataset(data, 1, 1, "test", batch_size=4, input_encoding="onehot"))
+    np.testing.assert_array_equal(bx, x)
+    assert bx.shape == (3, SIZE, SIZE, SIZE, 14) and by.shape == (3, SIZE, SIZE, SIZE, 2)
+
+
+def test_train_shapes_drop_remainder_and_sizes(data):
+    # Exp. 1 fold 1: 6 training pairs, 1 of them validation -> 5 train.
+    got = _batches(make_dataset(data, 1, 1, batch_size=2))
+    assert len(got) == 2
+    for x, y in got:
+        assert x.shape == (2, SIZE, SIZE, SIZE, 1) and y.shape == (2, SIZE, SIZE, SIZE, 2)
+        assert x.dtype == y.dtype == np.float32
+    val = _batches(make_dataset(data, 1, 1, subset="val", batch_size=4))
+    assert sum(len(x) for x, _ in val) == 1
+    small = _small(data)
+    n48 = sum(len(x) for x, _ in _batches(make_dataset(small, 1, 1, batch_size=7, augment="all48")))
+    assert n48 == (5 * 48) // 7 * 7
+    test216 = _batches(
+        make_dataset(small, 1, 1, subset="test", batch_size=216, augment="original216")
+    )
+    assert sum(len(x) for x, _ in test216) == 3 * 216
+
+
+def _match(x, y, originals):
+    """Find the pair and symmetry that produced an augmented sample and check
+    that the same symmetry moved x, y and M."""
+    for i, (ox, oy) in enumerate(originals):
+        for k in range(48):
+            if np.array_equal(aug.apply(ox, k), x):
+                if np.array_equal(aug.apply(oy, k), y):
+                    return i, k
+    return None
+
+
+@pytest.mark.parametrize("augment", ["random", "all48"])
+def test_augmentation_is_exact_and_identical_on_x_y_m(data, augment):
+    small = _small(data)
+    ox, oy = make_arrays(small, 2, 1, subset="train")
+    originals = list(zip(ox, oy))
+    found = set()
+    for x, y in _batches(make_dataset(small, 2, 1, batch_size=4, augment=augment, seed=3)):
+        for xi, yi in zip(x, y):
+            hit = _match(xi, yi, originals)
+            assert hit is not None
+            found.add(hit)
+    if augment == "all48":
+        # 5 pairs x 48 = 240 samples in batches of 4: every (pair, symmetry) once.
+        assert len(found) == len(originals) * 48
+    else:
+        assert len(found) == 4 and len({k for _, k in found}) > 1
+
+
+def test_original216_test_time_enumeration(data):
+    small = _small(data)
+    ox, oy = make_arrays(small, 1, 3, subset="test")
+    ds = make_dataset(small, 1, 3, subset="test", batch_size=216, augment="original216")
+    x, y = _batches(ds)[0]
+    ks = []
+    for j in range(216):
+        hit = _match(x[j], y[j], [(ox[0], oy[0])])
+        assert hit is not None and hit[0] == 0
+        ks.append(hit[1])
+    # The first pair's 216 variants: the original's 8 x 27, 48 distinct.
+    assert len(set(ks)) == 48
+
+
+def test_deterministic_per_seed_and_reshuffled_per_epoch(data):
+    small = _small(data)
+    a = make_dataset(small, 2, 2, batch_size=2, seed=7)
+    b = make_dataset(small, 2, 2, batch_size=2, seed=7)
+    c = make_dataset(small, 2, 2, batch_size=2, seed=8)
+    a1, a2 = _batches(a), _batches(a)
+    b1, b2 = _batches(b), _batches(b)
+    for p, q in zip(a1 + a2, b1 + b2):
+        np.testing.assert_array_equal(p[0], q[0])
+        np.testing.assert_array_equal(p[1], q[1])
+    flat = lambda bs: np.concatenate([x for x, _ in bs])  # noqa: E731
+    assert not np.array_equal(flat(a1), flat(a2))  # fresh order and symmetries each epoch
+    assert not np.array_equal(flat(a1), flat(_batches(c)))
+
+
+def test_exp2_pipeline_never_sees_held_out_surgeon(data):
+    small = _small(data)
+    y = small.y.copy()
+    y[1::3] = 1 - y[1::3]  # surgeon 2 (fold 2) drills everywhere else
+    altered = CMData(small.x, y, 3, 3)
+    for subset in ("train", "val", "test"):
+        p = _batches(make_dataset(small, 2, 2, subset=subset, batch_size=2, augment=None))
+        q = _batches(make_dataset(altered, 2, 2, subset=subset, batch_size=2, augment=None))
+        for (px, py), (qx, qy) in zip(p, q):
+            np.testing.assert_array_equal(px, qx)
+            if subset == "test":  # the labels are the held-out surgeon's; the map is not
+                np.testing.assert_array_equal(py[..., 1], qy[..., 1])
+            else:
+                np.testing.assert_array_equal(py, qy)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"targets": "dice"}, "targets"),
+        ({"subset": "all"}, "subset"),
+        ({"augment": "flip"}, "augment"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"input_encoding": "raw"}, "input_encoding"),
+        ({"experiment": 3}, "experiment"),
+        ({"fold": 4}, "fold"),
+        ({"seed": -2}, "seed"),
+        ({"validation_fraction": 0.0, "subset": "val"}, "validation_fraction"),
+    ],
+)
+def test_bad_arguments(data, kwargs, name):
+    args = {"experiment": 1, "fold": 1, **kwargs}
+    with pytest.raises(ValueError, match=f"argument `{name}`"):
+        make_dataset(data, **args)
+
+
+@pytest.mark.backends
+def test_fit_on_backend(data):
+    import keras_seglosses
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, SIZE, 1))
+    outputs = keras.layers.Conv3D(1, 3, padding="same", activation="sigmoid")(inputs)
+    model = keras.Model(inputs, outputs)
+    jit = keras.backend.backend() != "torch"
+    model.compile(optimizer="adam", loss=keras_seglosses.RewardPenaltyDice(), jit_compile=jit)
+    ds = make_dataset(data, 1, 2, batch_size=4, seed=1)
+    val = make_dataset(data, 1, 2, subset="val", batch_size=4)
+    history = model.fit(ds, validation_data=val, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(history.history["val_loss"]).all()

@@ -1,0 +1,190 @@
+"""Boundary losses [004, Eq. 19-21] against scipy distance maps, analytical
+gradients and MONAI's HausdorffDTLoss."""
+
+import keras
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import keras_seglosses as ks
+
+
+# ------------------------------------------------------------ numpy references
+def np_signed(y, spacing=None):
+    """phi_G per sample and channel: -distance to the background inside,
+    distance to the mask outside, 0 for an empty or full mask."""
+    out = np.zeros_like(y, dtype=np.float64)
+    for b in range(y.shape[0]):
+        for c in range(y.shape[-1]):
+            m = y[b, ..., c] > 0.5
+            if m.any() and not m.all():
+                out[b, ..., c] = np.where(
+                    m,
+                    -ndimage.distance_transform_edt(m, sampling=spacing),
+                    ndimage.distance_transform_edt(~m, sampling=spacing),
+                )
+    return out
+
+
+def classes(x, bg):
+    return x[..., 1:] if (not bg and x.shape[-1] > 1) else x
+
+
+def np_boundary(y, p, bg=False, spacing=None):
+    """Eq. 20 as a voxel mean: mean_i phi_G(i) s_i, mean over classes."""
+    v = classes(np_signed(y, spacing) * p, bg)
+    return v.mean(axis=tuple(range(1, y.ndim - 1))).mean(-1)
+
+
+def np_hd_weight(y, p, alpha=2.0):
+    return np.abs(np_signed(y)) ** alpha + np.abs(np_signed((p > 0.5).astype(float))) ** alpha
+
+
+def np_hd(y, p, alpha=2.0, bg=False):
+    """Eq. 21 (squared error, MONAI): mean_i (s - g)^2 (d_G^a + d_S^a)."""
+    v = classes((p - y) ** 2 * np_hd_weight(y, p, alpha), bg)
+    return v.mean(axis=tuple(range(1, y.ndim - 1))).mean(-1)
+
+
+# --------------------------------------------------------------------- inputs
+KINDS = {"sigmoid2d": ((2, 6, 7, 1), False), "softmax3d": ((2, 4, 5, 6, 3), True)}
+
+
+def make(rng, kind):
+    shape, softmax = KINDS[kind]
+    logits = rng.normal(size=shape) * 2
+    if softmax:
+        y = np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        p = e / e.sum(-1, keepdims=True)
+    else:
+        y = (rng.random(shape) < 0.4).astype(np.float64)
+        y[1] = 0.0  # an empty mask: phi = d_G = 0
+        p = 1 / (1 + np.exp(-logits))
+    return y, p, logits
+
+
+def n_voxels(y):
+    return np.prod(y.shape[1:-1])
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_boundary_value_and_gradient(kind, rng, jit, autodiff):
+    y, p, _ = make(rng, kind)
+    y32, p32 = y.astype("f4"), p.astype("f4")
+    loss = ks.Boundary()
+    value = keras.ops.convert_to_numpy(jit(loss.call)(y32, p32))
+    np.testing.assert_allclose(value, np_boundary(y, p), rtol=1e-5, atol=1e-6)
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(y32, x)))(p32)
+    c_used = max(y.shape[-1] - 1, 1)
+    expected = np_signed(y) / (n_voxels(y) * c_used)
+    if y.shape[-1] > 1:
+        expected[..., 0] = 0.0
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_hausdorff_value_and_gradient(kind, rng, jit, autodiff):
+    y, p, _ = make(rng, kind)
+    y32, p32 = y.astype("f4"), p.astype("f4")
+    loss = ks.HausdorffDT(include_background=True)
+    value = keras.ops.convert_to_numpy(jit(loss.call)(y32, p32))
+    np.testing.assert_allclose(value, np_hd(y, p, bg=True), rtol=1e-5, atol=1e-6)
+    # the distance maps carry no gradient: d/ds = 2 (s - g) (d_G^a + d_S^a) / (N C)
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(y32, x)))(p32)
+    expected = 2 * (p - y) * np_hd_weight(y, p) / (n_voxels(y) * y.shape[-1])
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_options_match_equation(kind, rng):
+    y, p, logits = make(rng, kind)
+    spacing = (2.0, 1.0) if len(y.shape) == 4 else (1.0, 0.5, 2.0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(
+            ks.Boundary(include_background=True, spacing=spacing).call(y, p)
+        ),
+        np_boundary(y, p, True, spacing), rtol=1e-5, atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ks.HausdorffDT(alpha=1.0).call(y, p)),
+        np_hd(y, p, 1.0, False), rtol=1e-5, atol=1e-6,
+    )
+    for cls in (ks.Boundary, ks.HausdorffDT):
+        np.testing.assert_allclose(
+            float(cls(from_logits=True)(y, logits)), float(cls()(y, p)), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_precomputed_packed_maps_give_the_same_loss(kind, rng):
+    y, p, _ = make(rng, kind)
+    phi = np_signed(y)
+    np.testing.assert_allclose(
+        float(ks.Boundary()(ks.pack_targets(y, phi), p)), float(ks.Boundary()(y, p)),
+        rtol=1e-5, atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        float(ks.HausdorffDT()(ks.pack_targets(y, np.abs(phi)), p)),
+        float(ks.HausdorffDT()(y, p)), rtol=1e-5,
+    )
+    packed = ks.pack_targets(y, np.ones_like(y), phi)  # e.g. an RP map first
+    np.testing.assert_allclose(
+        float(ks.Boundary(map_index=1)(packed, p)), float(ks.Boundary()(y, p)),
+        rtol=1e-5, atol=1e-7,
+    )
+
+
+def test_perfect_prediction_is_minimal(rng):
+    for kind in KINDS:
+        y, p, _ = make(rng, kind)
+        assert float(ks.HausdorffDT()(y, y)) == 0.0
+        # phi_G s is smallest when s covers exactly the voxels where phi_G < 0
+        best = float(ks.Boundary()(y, y))
+        for s in (p, np.clip(y + 0.1 * p, 0, 1), 1 - y):
+            assert float(ks.Boundary()(y, s)) >= best - 1e-7
+
+
+@pytest.mark.filterwarnings("ignore:single channel prediction:UserWarning")
+@pytest.mark.parametrize("bg", [False, True])
+def test_hausdorff_agrees_with_monai(bg, rng):
+    import torch
+    from monai.losses import HausdorffDTLoss
+
+    for kind in KINDS:
+        y, p, _ = make(rng, kind)
+        to = lambda a: torch.tensor(np.moveaxis(a, -1, 1), dtype=torch.float32)  # noqa: E731
+        for alpha in (2.0, 1.5):
+            theirs = HausdorffDTLoss(alpha=alpha, include_background=bg, reduction="none")
+            theirs = theirs(to(p), to(y)).numpy()
+            theirs = theirs.reshape(theirs.shape[0], theirs.shape[1]).mean(1)
+            ours = ks.HausdorffDT(alpha=alpha, include_background=bg).call(y, p)
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), theirs, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [ks.Boundary(include_background=True, map_index=1, spacing=[1.0, 2.0]),
+     ks.HausdorffDT(alpha=1.5, from_logits=True, spacing=0.5)],
+    ids=lambda l: l.name,
+)
+def test_config_round_trip(loss, rng):
+    y, p, _ = make(rng, "sigmoid2d")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert type(clone) is type(loss) and clone.get_config() == loss.get_config()
+    np.testing.assert_allclose(float(clone(y, p)), float(loss(y, p)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make_loss, match",
+    [
+        (lambda: ks.HausdorffDT(alpha=0), "`alpha`"),
+        (lambda: ks.Boundary(map_index=1.5), "`map_index`"),
+        (lambda: ks.Boundary(spacing=(1.0, -1.0)), "`spacing`"),
+    ],
+)
+def test_bad_hyperparameters_raise(make_loss, match):
+    with pytest.raises(ValueError, match=match):
+        make_loss()

@@ -1,0 +1,133 @@
+"""keras_seglosses.ops.distance against scipy.ndimage, on every backend and
+compiled (jax.jit / XLA)."""
+
+import numpy as np
+import pytest
+from keras import ops
+from scipy import ndimage
+
+from keras_seglosses.ops import distance_transform, signed_distance, surface, surface_distances
+
+CASES = [
+    ((2, 9, 13), (0.7, 1.9)),
+    ((2, 1, 8), (1.0, 1.0)),
+    ((2, 8, 11, 9), (0.6, 1.3, 2.5)),
+]
+
+
+def edt(fg, spacing):
+    """scipy's transform per sample; +inf where a sample has no foreground."""
+    return np.stack(
+        [
+            ndimage.distance_transform_edt(~m, sampling=spacing)
+            if m.any()
+            else np.full(m.shape, np.inf)
+            for m in fg
+        ]
+    )
+
+
+def border(fg):
+    return np.stack([m & ~ndimage.binary_erosion(m, border_value=0) for m in fg])
+
+
+def random_masks(rng, shape, density):
+    m = rng.random(shape) < density
+    m[-1] = False  # one empty sample
+    return m
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("shape,spacing", CASES)
+def test_distance_transform_matches_scipy_compiled(jit, rng, shape, spacing):
+    fg = random_masks(rng, shape, 0.08)
+    fn = jit(lambda m: distance_transform(m, spacing))
+    got = ops.convert_to_numpy(fn(fg.astype("float32")))
+    want = edt(fg, spacing)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-5, atol=1e-5)
+    assert np.isinf(got[-1]).all()
+
+
+@pytest.mark.backends
+def test_distance_transform_input_dtypes(rng):
+    fg = rng.random((2, 6, 7, 5)) < 0.1
+    fg[:, 0, 0, 0] = True
+    want = edt(fg, (1.0, 2.0, 0.5))
+    for x in (fg, fg.astype("int32"), fg.astype("float32") * 0.9, fg.astype("float16")):
+        got = ops.convert_to_numpy(distance_transform(x, spacing=(1.0, 2.0, 0.5)))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_distance_transform_long_axes(rng):
+    # Non-power-of-two lengths exercise the doubling pass's last step.
+    fg = np.zeros((1, 37, 3, 21), bool)
+    fg[0, 36, 2, 20] = True
+    got = ops.convert_to_numpy(distance_transform(fg, spacing=2.0))
+    np.testing.assert_allclose(got, edt(fg, (2.0, 2.0, 2.0)), rtol=1e-6)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("shape,spacing", CASES[1:])
+def test_signed_distance_compiled(jit, rng, shape, spacing):
+    fg = rng.random(shape) < 0.4
+    fg[0] = True  # full sample
+    got = ops.convert_to_numpy(jit(lambda m: signed_distance(m, spacing))(fg))
+    for b, m in enumerate(fg):
+        if m.any() and not m.all():
+            want = np.where(
+                m,
+                -ndimage.distance_transform_edt(m, sampling=spacing),
+                ndimage.distance_transform_edt(~m, sampling=spacing),
+            )
+        else:
+            want = np.zeros(m.shape)
+        np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("shape", [(2, 6, 7), (2, 5, 6, 7)])
+def test_surface_matches_scipy_erosion_with_border(jit, rng, shape):
+    fg = rng.random(shape) < 0.7  # dense: many voxels touch the border
+    got = ops.convert_to_numpy(jit(surface)(fg))
+    np.testing.assert_array_equal(got, border(fg).astype("float32"))
+    full = np.ones(shape, bool)
+    # A full volume: only its border layer is surface (outside is background).
+    inner = np.zeros(shape, bool)
+    inner[(slice(None),) + (slice(1, -1),) * (len(shape) - 1)] = True
+    np.testing.assert_array_equal(ops.convert_to_numpy(surface(full)), (~inner).astype("float32"))
+
+
+@pytest.mark.backends
+def test_surface_distances_directed(jit, rng):
+    spacing = (1.5, 0.8, 1.0)
+    a = rng.random((3, 8, 9, 7)) < 0.3
+    b = rng.random((3, 8, 9, 7)) < 0.3
+    b[2] = False
+    d, m = jit(lambda x, y: surface_distances(x, y, spacing))(a, b)
+    d, m = ops.convert_to_numpy(d), ops.convert_to_numpy(m)
+    np.testing.assert_array_equal(m, border(a).astype("float32"))
+    np.testing.assert_allclose(d[:2], edt(border(b[:2]), spacing), rtol=1e-5, atol=1e-5)
+    assert np.isinf(d[2]).all()
+
+
+def test_bad_input_names_argument():
+    m = np.zeros((1, 4, 4, 4))
+    with pytest.raises(ValueError, match="`spacing`.*3 positive"):
+        distance_transform(m, spacing=(1.0, 1.0))
+    with pytest.raises(ValueError, match="`spacing`"):
+        signed_distance(m, spacing=(1.0, -1.0, 1.0))
+    with pytest.raises(ValueError, match="`mask`.*Received: mask.shape=\\(4, 4\\)"):
+        distance_transform(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="`mask`"):
+        surface(np.zeros((1, 2, 2, 2, 2)))
+    with pytest.raises(ValueError, match="`target`"):
+        surface_distances(m, np.zeros((1, 4, 4)))
+
+
+def test_no_gradient_needed_but_safe(rng):
+    # Distances are constants for autodiff: used inside losses they must not
+    # inject NaN gradients (the +inf of empty samples included).
+    x = ops.convert_to_tensor(rng.random((2, 5, 5)).astype("float32"))
+    d = distance_transform(x)
+    assert ops.convert_to_numpy(ops.sum(ops.where(ops.isinf(d), 0.0, d))) >= 0

@@ -1,0 +1,345 @@
+"""Region-based losses [004, Eq. 7-18] against numpy transcriptions of their
+equations (values, finite-difference gradients), MONAI and Keras."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_seglosses as ks
+
+
+# ------------------------------------------------------------ numpy references
+def sums(x, batch):
+    axes = tuple(range(1, x.ndim - 1))
+    s = x.sum(axis=axes)  # (B, C)
+    return s.sum(0) if batch else s
+
+
+def finish(per_class, n, batch, include_background=True):
+    """Mean over classes, one value per sample."""
+    if not include_background and per_class.shape[-1] > 1:
+        per_class = per_class[..., 1:]
+    v = per_class.mean(-1)
+    return np.full(n, v) if batch else v
+
+
+def np_ss(y, p, w=0.1, s=1.0, batch=False, bg=True):
+    """Eq. 7."""
+    err = (y - p) ** 2
+    v = w * sums(err * y, batch) / (sums(y, batch) + s) + (1 - w) * sums(
+        err * (1 - y), batch
+    ) / (sums(1 - y, batch) + s)
+    return finish(v, len(y), batch, bg)
+
+
+def np_iou(y, p, s=1.0, batch=False, bg=True):
+    """Eq. 10."""
+    v = 1 - (sums(y * p, batch) + s) / (sums(y + p - y * p, batch) + s)
+    return finish(v, len(y), batch, bg)
+
+
+def np_tversky(y, p, a=0.3, b=0.7, s=1.0, batch=False, bg=True, gamma=1.0):
+    """Eq. 14 (and Eq. 16 with gamma)."""
+    tp = sums(y * p, batch)
+    fp = sums((1 - y) * p, batch)
+    fn = sums(y * (1 - p), batch)
+    v = (1 - (tp + s) / (tp + a * fp + b * fn + s)) ** gamma
+    return finish(v, len(y), batch, bg)
+
+
+def np_asym(y, p, beta=1.5, s=1.0, batch=False, bg=True):
+    """Eq. 17 written out."""
+    b2 = beta**2
+    tp = sums(y * p, batch)
+    v = 1 - (tp + s) / (
+        tp + b2 / (1 + b2) * sums(y * (1 - p), batch) + 1 / (1 + b2) * sums((1 - y) * p, batch) + s
+    )
+    return finish(v, len(y), batch, bg)
+
+
+def np_gd_weights(y, batch, bg):
+    g = sums(y, batch)
+    if not bg and g.shape[-1] > 1:
+        g = g[..., 1:]
+    with np.errstate(divide="ignore"):
+        w = 1.0 / g**2
+    finite = np.where(np.isfinite(w), w, 0)
+    return np.where(np.isfinite(w), w, finite.max(-1, keepdims=True))
+
+
+def np_pgd(y, p, k=0.0, s=1e-5, batch=False, bg=True):
+    """Eq. 18, first line (k = 0: Eq. 15)."""
+    w = np_gd_weights(y, batch, bg)
+    cut = (lambda x: x[..., 1:]) if (not bg and y.shape[-1] > 1) else (lambda x: x)
+    tp = cut(sums(y * p, batch))
+    fp, fn = cut(sums((1 - y) * p, batch)), cut(sums(y * (1 - p), batch))
+    total = cut(sums(y + p, batch))
+    num = 2 * (w * tp).sum(-1) + s
+    den = (w * total).sum(-1) + k * (w * fp).sum(-1) + k * (w * fn).sum(-1) + s
+    v = 1 - num / den
+    return np.full(len(y), v) if batch else v
+
+
+def np_lovasz_flat(m, fg):
+    """Eq. 12-13 from the set function Delta(A) = |A| / |G u A| directly."""
+    order = sorted(range(len(m)), key=lambda i: -m[i])
+    g = set(np.flatnonzero(fg > 0.5).tolist())
+
+    def delta(a):
+        return len(a) / len(g | a) if a else 0.0
+
+    total, prefix = 0.0, set()
+    for i in order:
+        before = delta(prefix)
+        prefix = prefix | {i}
+        total += m[i] * (delta(prefix) - before)
+    return total
+
+
+def np_lovasz(y, p, batch=False, bg=True):
+    c = y.shape[-1]
+    classes = range(1, c) if (not bg and c > 1) else range(c)
+    if batch:
+        v = np.mean([np_lovasz_flat(np.abs(y[..., k] - p[..., k]).ravel(), y[..., k].ravel())
+                     for k in classes])
+        return np.full(len(y), v)
+    return np.array([
+        np.mean([np_lovasz_flat(np.abs(y[b, ..., k] - p[b, ..., k]).ravel(), y[b, ..., k].ravel())
+                 for k in classes])
+        for b in range(len(y))
+    ])
+
+
+def numeric_gradient(f, x, points, h=1e-6):
+    """Central differences of `sum f` at the flat indices `points`."""
+    x = x.astype(np.float64)
+    grad = np.zeros(len(points))
+    for n, i in enumerate(zip(*np.unravel_index(points, x.shape))):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        grad[n] = (f(xp).sum() - f(xm).sum()) / (2 * h)
+    return grad
+
+
+# --------------------------------------------------------------------- inputs
+KINDS = {"sigmoid2d": ((2, 5, 6, 1), False), "softmax3d": ((2, 3, 4, 4, 3), True)}
+
+
+def make(rng, kind):
+    shape, softmax = KINDS[kind]
+    logits = rng.normal(size=shape) * 2
+    if softmax:
+        y = np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        p = e / e.sum(-1, keepdims=True)
+    else:
+        y = (rng.random(shape) < 0.4).astype(np.float64)
+        p = 1 / (1 + np.exp(-logits))
+    return y, p, logits
+
+
+# name: (loss factory(batch, include_background), reference(y, p, batch, bg))
+CASES = {
+    "ss": (lambda b, bg: ks.SensitivitySpecificity(w=0.3, batch=b, include_background=bg),
+           lambda y, p, b, bg: np_ss(y, p, 0.3, 1.0, b, bg)),
+    "iou": (lambda b, bg: ks.IoU(batch=b, include_background=bg),
+            lambda y, p, b, bg: np_iou(y, p, 1.0, b, bg)),
+    "tversky": (lambda b, bg: ks.Tversky(batch=b, include_background=bg),
+                lambda y, p, b, bg: np_tversky(y, p, 0.3, 0.7, 1.0, b, bg)),
+    "focal_tversky": (
+        lambda b, bg: ks.FocalTversky(gamma=0.75, batch=b, include_background=bg),
+        lambda y, p, b, bg: np_tversky(y, p, 0.3, 0.7, 1.0, b, bg, gamma=0.75)),
+    "asym": (lambda b, bg: ks.AsymmetricSimilarity(batch=b, include_background=bg),
+             lambda y, p, b, bg: np_asym(y, p, 1.5, 1.0, b, bg)),
+    "gd": (lambda b, bg: ks.GeneralizedDice(batch=b, include_background=bg),
+           lambda y, p, b, bg: np_pgd(y, p, 0.0, 1e-5, b, bg)),
+    "pgd": (lambda b, bg: ks.PenaltyGeneralizedDice(batch=b, include_background=bg),
+            lambda y, p, b, bg: np_pgd(y, p, 2.5, 1e-5, b, bg)),
+    "lovasz": (lambda b, bg: ks.Lovasz(batch=b, include_background=bg),
+               lambda y, p, b, bg: np_lovasz(y, p, b, bg)),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_value_matches_equation(case, kind, rng):
+    y, p, _ = make(rng, kind)
+    factory, ref = CASES[case]
+    for batch, bg in [(False, True), (True, False)]:
+        value = factory(batch, bg).call(y.astype("f4"), p.astype("f4"))
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(value), ref(y, p, batch, bg), rtol=1e-5, atol=1e-6,
+            err_msg=f"batch={batch} include_background={bg}",
+        )
+
+
+GRADIENT_CASES = [(c, list(KINDS)[i % len(KINDS)]) for i, c in enumerate(CASES)]
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("case, kind", GRADIENT_CASES)
+def test_compiled_value_and_gradient_match_equation(case, kind, rng, jit, autodiff):
+    y, p, _ = make(rng, kind)
+    factory, ref = CASES[case]
+    loss = factory(False, True)
+    y32, p32 = y.astype("f4"), p.astype("f4")
+    value = keras.ops.convert_to_numpy(jit(loss.call)(y32, p32))
+    np.testing.assert_allclose(value, ref(y, p, False, True), rtol=1e-5, atol=1e-6)
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(y32, x)))(p32)
+    points = rng.choice(p.size, 16, replace=False)
+    expected = numeric_gradient(lambda x: ref(y, x, False, True), p, points)
+    np.testing.assert_allclose(grad.ravel()[points], expected, rtol=2e-3, atol=2e-5)
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_from_logits_equals_probabilities(kind, rng):
+    y, p, logits = (a.astype("f4") for a in make(rng, kind))
+    for case, (factory, _) in CASES.items():
+        a = factory(False, True)
+        b = type(a).from_config({**a.get_config(), "from_logits": True})
+        np.testing.assert_allclose(float(b(y, logits)), float(a(y, p)), rtol=1e-5, err_msg=case)
+
+
+def test_perfect_prediction_is_minimal(rng):
+    for kind in KINDS:
+        y, _, _ = make(rng, kind)
+        for case, (factory, _) in CASES.items():
+            assert abs(float(factory(False, True)(y, y))) < 1e-6, (case, kind)
+
+
+def test_lovasz_on_binary_predictions_is_one_minus_iou(rng):
+    y, p, _ = make(rng, "softmax3d")
+    hard = np.eye(3)[p.argmax(-1)]
+    for batch in (False, True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(ks.Lovasz(batch=batch).call(y, hard)),
+            np_iou(y, hard, 0.0, batch), rtol=1e-5,
+        )
+
+
+def test_pgd_is_gd_over_one_plus_k_times_complement(rng):
+    y, p, _ = make(rng, "softmax3d")
+    gd = 1 - keras.ops.convert_to_numpy(ks.GeneralizedDice(smooth=0.0).call(y, p))
+    pgd = 1 - keras.ops.convert_to_numpy(ks.PenaltyGeneralizedDice(k=2.5, smooth=0.0).call(y, p))
+    np.testing.assert_allclose(pgd, gd / (1 + 2.5 * (1 - gd)), rtol=1e-5)
+
+
+def test_asymmetric_similarity_is_a_tversky_loss(rng):
+    y, p, _ = make(rng, "sigmoid2d")
+    b2 = 1.5**2
+    np.testing.assert_allclose(
+        float(ks.AsymmetricSimilarity(beta=1.5)(y, p)),
+        float(ks.Tversky(alpha=1 / (1 + b2), beta=b2 / (1 + b2))(y, p)), rtol=1e-6,
+    )
+
+
+def test_bounds_and_empty_ground_truth(rng):
+    y, p, _ = make(rng, "softmax3d")
+    y[0, ..., 1] = 0.0  # class 1 absent from sample 0, still one-hot
+    y[0, ..., 0] = 1.0 - y[0, ..., 2]
+    for case, (factory, _) in CASES.items():
+        v = keras.ops.convert_to_numpy(factory(False, True).call(y, p))
+        assert np.all(np.isfinite(v)) and np.all(v >= -1e-6) and np.all(v <= 1 + 1e-6), case
+
+
+# ------------------------------------------------------------ other libraries
+def _monai_inputs(y, p):
+    import torch
+
+    to = lambda a: torch.tensor(np.moveaxis(a, -1, 1), dtype=torch.float64)  # noqa: E731
+    return to(p), to(y)
+
+
+MONAI_SINGLE_CHANNEL = "ignore:single channel prediction:UserWarning"
+
+
+@pytest.mark.filterwarnings(MONAI_SINGLE_CHANNEL)
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("batch", [False, True])
+def test_four_dice_variants_agree_with_monai(squared, batch, rng):
+    from monai.losses import DiceLoss
+
+    for kind in KINDS:
+        y, p, _ = make(rng, kind)
+        for bg in (True, False):
+            ours = ks.Dice(smooth=1e-3, squared=squared, batch=batch, include_background=bg)
+            theirs = DiceLoss(include_background=bg, squared_pred=squared, batch=batch,
+                              smooth_nr=1e-3, smooth_dr=1e-3)
+            np.testing.assert_allclose(
+                float(ours(y, p)), float(theirs(*_monai_inputs(y, p))), rtol=1e-5
+            )
+
+
+@pytest.mark.filterwarnings(MONAI_SINGLE_CHANNEL)
+@pytest.mark.parametrize("batch", [False, True])
+def test_generalized_dice_and_tversky_agree_with_monai(batch, rng):
+    from monai.losses import GeneralizedDiceLoss, TverskyLoss
+
+    for kind in KINDS:
+        y, p, _ = make(rng, kind)
+        if kind == "softmax3d":  # an absent class exercises the weight rule
+            y[..., 0] += y[..., 1]
+            y[..., 1] = 0.0
+        for bg in (True, False):
+            ours = ks.GeneralizedDice(smooth=1e-5, batch=batch, include_background=bg)
+            theirs = GeneralizedDiceLoss(include_background=bg, batch=batch, w_type="square")
+            np.testing.assert_allclose(
+                float(ours(y, p)), float(theirs(*_monai_inputs(y, p))), rtol=1e-4
+            )
+            ours = ks.Tversky(alpha=0.3, beta=0.7, smooth=1e-3, batch=batch, include_background=bg)
+            theirs = TverskyLoss(include_background=bg, alpha=0.3, beta=0.7, batch=batch,
+                                 smooth_nr=1e-3, smooth_dr=1e-3)
+            np.testing.assert_allclose(
+                float(ours(y, p)), float(theirs(*_monai_inputs(y, p))), rtol=1e-5
+            )
+
+
+def test_agrees_with_keras_dice_and_tversky(rng):
+    y, p, _ = make(rng, "sigmoid2d")
+    axis = (1, 2, 3)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ks.Dice(smooth=0.0, batch=False).call(y, p)),
+        keras.ops.convert_to_numpy(keras.losses.dice(y, p, axis=axis)), rtol=1e-5,
+    )
+    # keras.losses.Tversky puts its `alpha` on false negatives, ours on FPs
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ks.Tversky(alpha=0.3, beta=0.7, smooth=0.0).call(y, p)),
+        keras.ops.convert_to_numpy(keras.losses.tversky(y, p, alpha=0.7, beta=0.3, axis=axis)),
+        rtol=1e-5,
+    )
+
+
+# ----------------------------------------------------------- serialization
+ALL = [factory(True, False) for factory, _ in CASES.values()] + [
+    ks.Tversky(alpha=0.1, beta=0.9, smooth=0.5, from_logits=True),
+    ks.FocalTversky(gamma=1.5),
+    ks.PenaltyGeneralizedDice(k=1.0),
+]
+
+
+@pytest.mark.parametrize("loss", ALL, ids=lambda l: l.name)
+def test_config_round_trip(loss, rng):
+    y, p, _ = make(rng, "softmax3d")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert type(clone) is type(loss) and clone.get_config() == loss.get_config()
+    packed = ks.pack_targets(y, np.ones_like(y))  # maps after the labels are ignored
+    np.testing.assert_allclose(float(clone(packed, p)), float(loss(y, p)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make_loss, match",
+    [
+        (lambda: ks.SensitivitySpecificity(w=1.5), "`w`"),
+        (lambda: ks.IoU(smooth=-1), "`smooth`"),
+        (lambda: ks.Tversky(alpha=-0.1), "`alpha`"),
+        (lambda: ks.FocalTversky(gamma=0), "`gamma`"),
+        (lambda: ks.AsymmetricSimilarity(beta=0), "`beta`"),
+        (lambda: ks.PenaltyGeneralizedDice(k=-1), "`k`"),
+        (lambda: ks.GeneralizedDice(smooth="a"), "`smooth`"),
+    ],
+)
+def test_bad_hyperparameters_raise(make_loss, match):
+    with pytest.raises(ValueError, match=match):
+        make_loss()

@@ -1,0 +1,115 @@
+"""`scripts.cli`: argument parsing, exit statuses, synth, fold commands."""
+
+import configparser
+import os
+import shlex
+
+import pytest
+
+from scripts import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cm"))
+    assert cli.main(["synth", "--out", path, "--bones", "3", "--surgeons", "2", "--size", "16",
+                     "--seed", "3"]) == 0
+    return path
+
+
+def _train(data_dir, *extra, out="run"):
+    return ["train", "--data", data_dir, "--experiment", "bone", "--fold", "1", "--out", out,
+            *extra]
+
+
+def test_synth_writes_loadable_files(data_dir):
+    import cm_dataset
+    from cm_dataset import synthetic
+
+    assert sorted(os.listdir(data_dir)) == ["x3_2.npy", "y3_2.npy"]
+    data = cm_dataset.load(data_dir)
+    again = synthetic.generate(n_bones=3, n_surgeons=2, size=16, seed=3)
+    assert (data.x == again.x).all() and (data.y == again.y).all()
+
+
+@pytest.mark.parametrize(
+    "extra, listed",
+    [
+        (["--loss", "dicee"], ["wcel", "dl", "rpdl", "reward_penalty_dice", "dice"]),
+        (["--model", "resnet"], ["unet", "vnet", "isensee2017", "myronenko2018"]),
+        (["--augment", "flip"], ["random", "all48"]),
+        (["--epochs", "0"], ["positive integer"]),
+        (["--loss-config", "[1]"], ["JSON object"]),
+    ],
+)
+def test_bad_names_exit_2_listing_valid_values(data_dir, tmp_path, capsys, extra, listed):
+    assert cli.main(_train(data_dir, *extra, out=str(tmp_path / "r"))) == 2
+    err = capsys.readouterr().err
+    for name in listed:
+        assert name in err
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("experiment, fold, valid", [("bone", "4", "1, 2, 3"),
+                                                    ("surgeon", "3", "1, 2"),
+                                                    ("bone", "x", "'all'")])
+def test_invalid_folds_exit_2(data_dir, tmp_path, capsys, experiment, fold, valid):
+    args = ["train", "--data", data_dir, "--experiment", experiment, "--fold", fold,
+            "--out", str(tmp_path / "r")]
+    assert cli.main(args) == 2
+    assert valid in capsys.readouterr().err
+    assert cli.main([*args, "--print-fold-commands"]) == 2
+
+
+def test_bad_experiment_and_missing_data(tmp_path, capsys):
+    assert cli.main(["train", "--data", "d", "--experiment", "patient", "--fold", "1",
+                     "--out", "o"]) == 2
+    assert "bone" in capsys.readouterr().err
+    assert cli.main(_train(str(tmp_path / "nothing"), out=str(tmp_path / "r"))) == 2
+    assert "--data" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--data", str(tmp_path), "--runs", str(tmp_path / "no"),
+                     "--out", str(tmp_path / "rep")]) == 2
+
+
+def test_print_fold_commands_round_trip(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "sweep")
+    args = ["train", "--data", data_dir, "--experiment", "bone", "--fold", "all", "--out", out,
+            "--model", "vnet", "--loss", "wcel", "--epochs", "7", "--augment", "none",
+            "--loss-config", '{"voxel_reduction": "sum"}', "--print-fold-commands"]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    parser = cli.build_parser()
+    for k, line in enumerate(lines, start=1):
+        argv = shlex.split(line)
+        assert argv[:2] == ["cmseg", "train"] and "--print-fold-commands" not in argv
+        parsed = parser.parse_args(argv[1:])
+        assert (parsed.fold, parsed.out) == (k, os.path.join(out, f"fold-{k}"))
+        assert (parsed.model, parsed.loss, parsed.epochs) == ("vnet", "wcel", 7)
+        assert parsed.augment is None and parsed.loss_config == {"voxel_reduction": "sum"}
+        assert (parsed.batch_size, parsed.lr) == (16, 1e-4)
+    assert not os.path.exists(out)
+
+
+def test_fold_all_trains_every_fold_in_turn(data_dir, tmp_path, monkeypatch):
+    from scripts import train
+
+    calls = []
+    monkeypatch.setattr(train, "train", lambda config, out, overwrite=False: calls.append(
+        (config.fold, config.experiment, out, overwrite)))
+    out = str(tmp_path / "s")
+    assert cli.main(["train", "--data", data_dir, "--experiment", "surgeon", "--fold", "all",
+                     "--out", out, "--overwrite"]) == 0
+    assert calls == [(k, "surgeon", os.path.join(out, f"fold-{k}"), True) for k in (1, 2)]
+
+
+def test_help_and_console_script(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "synth" in capsys.readouterr().out
+    assert cli.main([]) == 2
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    assert "cmseg = scripts.cli:main" in cfg["options.entry_points"]["console_scripts"]
+    assert os.path.isfile(os.path.join(ROOT, "scripts", "__main__.py"))

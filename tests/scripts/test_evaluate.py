@@ -1,0 +1,230 @@
+"""`scripts.evaluate`: the paper's protocol against a direct numpy
+computation on fixed predictions, table layout, report files."""
+
+import os
+import types
+
+import numpy as np
+import pytest
+
+from scripts import evaluate as ev
+
+B, S, SIZE = 3, 3, 8
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((B * S, SIZE, SIZE, SIZE)) < 0.3).astype(np.int8)
+    x = rng.integers(0, 14, size=y.shape).astype(np.int8)
+    return types.SimpleNamespace(x=x, y=y, n_bones=B, n_surgeons=S)
+
+
+def np_dice(y, p):
+    y, p = y.astype(bool), p > 0.5
+    total = y.sum() + p.sum()
+    return 1.0 if total == 0 else 2.0 * (y & p).sum() / total
+
+
+def np_rpmap(annotations):
+    # [000, Fig. 2]: count of surgeons marking a voxel / max count; -1 where none.
+    count = annotations.sum(axis=0).astype(np.float64)
+    return np.where(count > 0, count / max(count.max(), 1.0), -1.0)
+
+
+def np_rpd(y, p, m):
+    # [000, Eq. 6]
+    y, p = y.astype(np.float64), (p > 0.5).astype(np.float64)
+    den = (y * np.abs(m)).sum() + (p * np.abs(m)).sum()
+    return 1.0 if den == 0 else 2.0 * (y * p * m).sum() / den
+
+
+def test_bone_fold_matches_numpy():
+    data = _data()
+    rng = np.random.default_rng(1)
+    pred = rng.random((SIZE,) * 3).astype(np.float32)
+    cases, base = ev.fold_cases(data, "bone", 2, {1: pred}, metrics=["dice", "rpd"])
+    assert base == []
+    ann = data.y[1 * S : 2 * S]
+    m = np_rpmap(ann)
+    assert [(c["bone"], c["surgeon"], c["row"]) for c in cases] == [(2, s, "Bone2") for s in (1, 2, 3)]
+    np.testing.assert_allclose([c["dice"] for c in cases], [np_dice(a, pred) for a in ann], rtol=1e-6)
+    np.testing.assert_allclose([c["rpd"] for c in cases], [np_rpd(a, pred, m) for a in ann], rtol=1e-6)
+
+
+def test_surgeon_fold_and_baseline_match_numpy():
+    data = _data()
+    rng = np.random.default_rng(2)
+    preds = {b: rng.random((SIZE,) * 3) for b in range(B)}
+    fold = 3  # surgeon index 2 held out
+    cases, base = ev.fold_cases(data, "surgeon", fold, preds, metrics=["dice", "rpd"])
+    want, want_base = [], []
+    for b in range(B):
+        ann = data.y[b * S : b * S + 2]  # the training surgeons 0 and 1
+        m = np_rpmap(ann)
+        held = data.y[b * S + 2]
+        for a in ann:
+            want.append((np_dice(a, preds[b]), np_rpd(a, preds[b], m)))
+            want_base.append((np_dice(a, held), np_rpd(a, held, m)))
+    np.testing.assert_allclose([(c["dice"], c["rpd"]) for c in cases], want, rtol=1e-6)
+    np.testing.assert_allclose([(c["dice"], c["rpd"]) for c in base], want_base, rtol=1e-6)
+    assert {c["row"] for c in cases} == {"Surgeon3"}
+    assert {c["surgeon"] for c in base} == {1, 2}
+
+
+def test_invalid_fold():
+    with pytest.raises(ValueError, match="fold"):
+        ev.fold_cases(_data(), "bone", B + 1, {}, metrics=["dice"])
+
+
+def _cases():
+    out = []
+    for loss, offset in (("rpdl", 0.1), ("dl", 0.0)):
+        for fold in (1, 2):
+            for s in range(3):
+                out.append({"experiment": "bone", "model": "unet", "loss": loss, "fold": fold,
+                            "row": f"Bone{fold}", "dice": 0.5 + offset + 0.1 * s + 0.01 * fold})
+    return out
+
+
+def test_summary_rows_are_mean_std_over_cases():
+    cases = _cases()
+    summary = ev.summarize(cases, ["dice"])
+    cell = {(s["loss"], s["row"]): s for s in summary}
+    dl_bone1 = [c["dice"] for c in cases if c["loss"] == "dl" and c["fold"] == 1]
+    dl_all = [c["dice"] for c in cases if c["loss"] == "dl"]
+    assert cell["dl", "Bone1"]["mean"] == pytest.approx(np.mean(dl_bone1))
+    assert cell["dl", "Bone1"]["std"] == pytest.approx(np.std(dl_bone1))
+    assert cell["dl", "Overall"]["mean"] == pytest.approx(np.mean(dl_all))
+    assert cell["dl", "Overall"]["std"] == pytest.approx(np.std(dl_all))
+    assert cell["dl", "Overall"]["n"] == 6
+    # Columns in the paper's order (WCEL, DL, RPDL), rows bones then Overall.
+    md = ev.to_markdown(summary)
+    lines = md.splitlines()
+    assert lines[4] == "| Training loss | dl | rpdl |"
+    assert [line.split(" |")[0] for line in lines[5:8]] == ["| Bone1", "| Bone2", "| Overall"]
+    assert f"{np.mean(dl_all):.3f} ± {np.std(dl_all):.3f}" in lines[7]
+
+
+def test_baseline_row_in_experiment_2():
+    cases = [
+        {"experiment": "surgeon", "model": "unet", "loss": "dl", "fold": 1, "row": "Surgeon1",
+         "dice": 0.8},
+        {"experiment": "surgeon", "model": "surgeons", "loss": "baseline", "fold": 1,
+         "row": "Surgeon1", "dice": 0.6},
+        {"experiment": "surgeon", "model": "surgeons", "loss": "baseline", "fold": 2,
+         "row": "Surgeon2", "dice": 0.2},
+    ]
+    summary = ev.summarize(cases, ["dice"])
+    rows = {s["row"]: s["mean"] for s in summary}
+    # The baseline of the folds the column was evaluated on (fold 1 only).
+    assert rows == {"Surgeon1": 0.8, "Overall": 0.8, "Surgeon baseline": 0.6}
+    assert "| Surgeon baseline | 0.600 ± 0.000 |" in ev.to_markdown(summary)
+
+
+def test_plots_and_find_runs(tmp_path):
+    from scripts import _io
+
+    run = tmp_path / "runs" / "fold-1"
+    _io.write_json(run / "config.json", {"model": "unet", "loss": "dl", "experiment": "bone",
+                                         "fold": 1})
+    _io.write_csv(run / "history.csv", [{"epoch": e, "loss": 1 / e, "val_loss": 2 / e}
+                                        for e in (1, 2, 3)])
+    assert ev.find_runs([str(tmp_path / "runs")]) == [str(run)]
+    assert ev.find_runs([str(run)]) == [str(run)]
+    with pytest.raises(ValueError, match="--runs"):
+        ev.find_runs([str(tmp_path)])
+    ev.plot_history([(str(run), _io.read_json(run / "config.json"))], tmp_path / "c.png")
+    ev.plot_boxes(_cases(), tmp_path / "b.png")
+    for name in ("c.png", "b.png"):
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_evaluate_command_against_numpy(tmp_path):
+    """The whole command on a fixed (untrained, seeded) model: every number
+    of results.csv recomputed here from the model's own predictions."""
+    import csv
+
+    import keras
+
+    import models3d
+    from cm_dataset import synthetic
+    from scripts import _io
+    from scripts.cli import main
+
+    data = synthetic.generate(n_bones=3, n_surgeons=2, size=16, seed=0)
+    data.save(tmp_path / "data")
+    keras.utils.set_random_seed(0)
+    model = models3d.get("unet", input_shape=(16, 16, 16, 1), n_base_filters=2, depth=2)
+    runs = []
+    for fold in (1, 2):
+        run = tmp_path / "runs" / f"fold-{fold}"
+        _io.write_json(run / "config.json", {"experiment": "surgeon", "fold": fold,
+                                             "model": "unet", "loss": "dl",
+                                             "input_encoding": "scaled"})
+        model.save(run / "model.keras")
+        runs.append(run)
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "--runs",
+                 str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
+    x = (data.x.astype(np.float32) / 6.5 - 1.0)[..., None]
+    prob = keras.ops.convert_to_numpy(model(x[:: data.n_surgeons], training=False))[..., 0]
+    y = data.y.reshape(3, 2, 16, 16, 16)
+    model_cases, base_cases = [], []
+    for fold in (1, 2):
+        other = 2 - fold  # the one training surgeon of this fold
+        for b in range(3):
+            m = np_rpmap(y[b, [other]])
+            model_cases.append((np_dice(y[b, other], prob[b]), np_rpd(y[b, other], prob[b], m)))
+            held = y[b, fold - 1]
+            base_cases.append((np_dice(y[b, other], held), np_rpd(y[b, other], held, m)))
+    with open(tmp_path / "rep" / "results.csv") as f:
+        got = {(r["metric"], r["model"], r["row"]): r for r in csv.DictReader(f)}
+    for i, metric in enumerate(("dice", "rpd")):
+        want = np.array([c[i] for c in model_cases])
+        assert float(got[metric, "unet", "Overall"]["mean"]) == pytest.approx(want.mean(), abs=1e-6)
+        assert float(got[metric, "unet", "Overall"]["std"]) == pytest.approx(want.std(), abs=1e-6)
+        assert float(got[metric, "unet", "Surgeon1"]["mean"]) == pytest.approx(want[:3].mean(), abs=1e-6)
+        base = np.array([c[i] for c in base_cases])
+        assert float(got[metric, "unet", "Surgeon baseline"]["mean"]) == pytest.approx(base.mean(), abs=1e-6)
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert "Experiment 2" in md and "| Surgeon baseline |" in md
+    for name in ("training_curves.png", "dice_boxplot.png", "cases.csv"):
+        assert (tmp_path / "rep" / name).is_file()
+
+
+def _np_surface(mask):
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(3, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=cross)
+
+
+def _np_hd95_nsd(g, p, tolerance=1.0):
+    """MONAI's conventions written out: boundary voxels (mask minus its
+    6-connected erosion); HD95 the max of the two directed 95th percentiles;
+    NSD the fraction of both boundaries within `tolerance` of the other."""
+    from scipy import ndimage
+
+    sg, sp = _np_surface(g.astype(bool)), _np_surface(p > 0.5)
+    d_gp = ndimage.distance_transform_edt(~sp)[sg]
+    d_pg = ndimage.distance_transform_edt(~sg)[sp]
+    hd = max(np.percentile(d_gp, 95), np.percentile(d_pg, 95))
+    nsd = ((d_gp <= tolerance).sum() + (d_pg <= tolerance).sum()) / (sg.sum() + sp.sum())
+    return hd, nsd
+
+
+def test_surface_metrics_in_the_protocol():
+    if not {"hd95", "nsd"} <= set(ev.available_metrics()):
+        pytest.skip("keras_seglosses.metrics.functional has no hd95/nsd yet")
+    rng = np.random.default_rng(5)
+    # Blobs away from the volume border, where conventions agree.
+    y = np.zeros((B * S, 12, 12, 12), np.int8)
+    y[:, 2:10, 2:10, 2:10] = rng.random((B * S, 8, 8, 8)) < 0.6
+    data = types.SimpleNamespace(x=np.zeros_like(y), y=y, n_bones=B, n_surgeons=S)
+    pred = np.zeros((12, 12, 12), np.float32)
+    pred[3:9, 2:10, 3:10] = 0.9
+    cases, _ = ev.fold_cases(data, "bone", 1, {0: pred})
+    want = [_np_hd95_nsd(a, pred) for a in y[:S]]
+    np.testing.assert_allclose([c["hd95"] for c in cases], [w[0] for w in want], rtol=1e-4)
+    np.testing.assert_allclose([c["nsd"] for c in cases], [w[1] for w in want], rtol=1e-4)

@@ -1,0 +1,121 @@
+"""`scripts.predict`: `.keras` and original `.h5` models, outputs against a
+direct computation, input validation."""
+
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from scripts.cli import main
+from scripts.predict import encode, load_volumes
+
+SIZE = 16
+
+
+def _model(**kw):
+    import models3d
+
+    keras.utils.set_random_seed(0)
+    settings = dict(input_shape=(SIZE, SIZE, SIZE, 1), n_base_filters=2, depth=2)
+    settings.update(kw)
+    return models3d.get("unet", **settings)
+
+
+def _reference_input(x):
+    # The original code's encoding, written out: labels 0..13 -> x / 6.5 - 1.
+    return (x.astype(np.float32) / 6.5 - 1.0)[..., None]
+
+
+def _png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_keras_model(tmp_path):
+    model = _model()
+    model_path = str(tmp_path / "m.keras")
+    model.save(model_path)
+    x = np.random.default_rng(0).integers(0, 14, size=(2, SIZE, SIZE, SIZE)).astype(np.int8)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "x.npy"),
+                 "--out", str(out)]) == 0
+    prob = np.load(out / "probability.npy")
+    region = np.load(out / "region.npy")
+    want = keras.ops.convert_to_numpy(model(_reference_input(x), training=False))[..., 0]
+    assert prob.shape == region.shape == (2, SIZE, SIZE, SIZE)
+    np.testing.assert_allclose(prob, want, atol=1e-5)
+    np.testing.assert_array_equal(region, (prob > 0.5).astype(np.int8))
+    assert set(np.unique(region)) <= {0, 1}
+    assert _png(out / "slices.png")
+
+
+def _write_keras2_h5(model, path):
+    """A Keras 2 weights file: `layer_names` at the root, one group per layer
+    with `weight_names` and a dataset per weight (Keras 2's HDF5 layout)."""
+    layers = [layer for layer in model.layers if layer.weights]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [f"layer_{i}".encode() for i in range(len(layers))]
+        f.attrs["keras_version"] = b"2.2.4"
+        for i, layer in enumerate(layers):
+            g = f.create_group(f"layer_{i}")
+            names = [f"layer_{i}/w{j}:0".encode() for j in range(len(layer.weights))]
+            g.attrs["weight_names"] = names
+            for name, w in zip(names, layer.get_weights()):
+                g.create_dataset(name.decode(), data=w)
+
+
+def test_predict_original_h5_single_volume(tmp_path):
+    source = _model(n_base_filters=4, depth=5)  # the original's settings
+    _write_keras2_h5(source, tmp_path / "unet_bone1_heatmapdice.h5")
+    x = np.random.default_rng(1).integers(0, 14, size=(SIZE, SIZE, SIZE)).astype(np.int16)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tmp_path / "unet_bone1_heatmapdice.h5"),
+                 "--input", str(tmp_path / "x.npy"), "--out", str(out)]) == 0
+    prob = np.load(out / "probability.npy")
+    want = keras.ops.convert_to_numpy(source(_reference_input(x[None]), training=False))[..., 0]
+    np.testing.assert_allclose(prob, want, atol=1e-5)
+    assert _png(out / "slices.png")
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((4, 4), np.int8), "wrong shape"),
+        (np.full((SIZE,) * 3, 20, np.int8), "label out of range"),
+        (np.full((SIZE,) * 3, 0.5, np.float32), "wrong dtype"),
+    ],
+)
+def test_bad_input_volumes(tmp_path, array, message):
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(ValueError, match=message):
+        load_volumes(str(tmp_path / "x.npy"))
+
+
+def test_input_errors_exit_2(tmp_path, capsys):
+    model_path = str(tmp_path / "m.keras")
+    _model().save(model_path)
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8, 8), np.int8))
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "x.npy"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "The model takes volumes of shape (16, 16, 16)" in capsys.readouterr().err
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "none.npy"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "file missing" in capsys.readouterr().err
+    (tmp_path / "m.pt").write_text("x")
+    np.save(tmp_path / "ok.npy", np.zeros((SIZE,) * 3, np.int8))
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--input",
+                 str(tmp_path / "ok.npy"), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown format" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_encode_onehot():
+    x = np.array([[0, 13, 5]])
+    np.testing.assert_array_equal(encode(x, "onehot").argmax(-1), x)
+    np.testing.assert_allclose(encode(x, "scaled")[..., 0], x / 6.5 - 1)
+    with pytest.raises(ValueError, match="encoding"):
+        encode(x, "raw")
