@@ -1,13 +1,23 @@
 """HD95 + NSD on 8 volumes of 64^3 (smooth random blobs): keras_seglosses on
-TensorFlow, JAX and torch against MONAI in the same run.
+TensorFlow, JAX and torch against MONAI in the same process.
 
-    .venv/bin/python benchmarks/metrics.py       # writes BENCHMARKS.md "metrics"
+    python benchmarks/metrics.py                  # 8x64^3, writes BENCHMARKS.md "metrics"
+    python benchmarks/metrics.py --print-only     # the same, prints only
+    python benchmarks/metrics.py --quick          # 2x32^3 smoke run, prints only
+    python benchmarks/metrics.py --backends jax   # a subset (prints only)
 
-Each backend runs in a fresh process (`--worker`); TensorFlow and JAX time
-the compiled functions (XLA / jax.jit, as inside `fit`), torch runs eagerly.
-Median of 3 timed runs after one warm-up (compilation excluded).
+Each backend runs in a fresh process (`--worker`). HD95 (`convention="max"`,
+MONAI's) and NSD (`tolerance=1`, voxel convention, MONAI's) are compiled as
+two separate functions, as two Keras metrics are inside `fit` (XLA on
+TensorFlow, `jax.jit`); torch runs eagerly. MONAI computes the same two
+metrics on the CPU (scipy, one volume at a time). Each side is timed as the
+median of `--repeats` runs after one warm-up (compiling) run, alternating
+the two sides so that both see the same load; the ratio is ours over MONAI.
 """
 
+import argparse
+import json
+import statistics
 import sys
 import time
 import warnings
@@ -17,56 +27,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import machine, median_time, run_per_backend, write_section  # noqa: E402
-
-SHAPE = (8, 64, 64, 64)
+from benchmarks._common import machine, run_per_backend, write_section  # noqa: E402
 
 
-def volumes():
+def volumes(batch, size):
     from scipy import ndimage
 
     rng = np.random.default_rng(0)
+    shape = (batch, size, size, size)
 
     def blobs():
-        x = ndimage.gaussian_filter(rng.standard_normal(SHAPE), (0, 4, 4, 4))
+        x = ndimage.gaussian_filter(rng.standard_normal(shape), (0, 4, 4, 4))
         return x > 0.0
 
     return blobs(), blobs()
 
 
-def worker():
+def compiled(fn):
     import keras
-    from keras import ops
-
-    from keras_seglosses.metrics import functional
-
-    gt, pr = volumes()
-    y = ops.convert_to_tensor(gt[..., None].astype("float32"))
-    p = ops.convert_to_tensor(pr[..., None].astype("float32"))
-
-    def both(y, p):
-        return functional.hd95(y, p), functional.nsd(y, p, tolerance=1.0)
 
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        fn = jax.jit(both)
-    elif backend == "tensorflow":
+        return jax.jit(fn)
+    if backend == "tensorflow":
         import tensorflow as tf
 
-        fn = tf.function(both, jit_compile=True)
-    else:
-        fn = both
-    t0 = time.perf_counter()
-    [ops.convert_to_numpy(v) for v in fn(y, p)]
-    first = time.perf_counter() - t0
-    t = median_time(lambda: [ops.convert_to_numpy(v) for v in fn(y, p)], repeats=3, warmup=0)
-    hd = ops.convert_to_numpy(fn(y, p)[0]).ravel()
+        return tf.function(fn, jit_compile=True)
+    return fn
 
-    # MONAI in the same process (its CPU path: scipy / KD-tree, one volume at a time).
+
+def worker(batch, size, repeats):
+    import keras
     import torch
+    from keras import ops
     from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric
+
+    from keras_seglosses.metrics import functional
+
+    gt, pr = volumes(batch, size)
+    y = ops.convert_to_tensor(gt[..., None].astype("float32"))
+    p = ops.convert_to_tensor(pr[..., None].astype("float32"))
+    hd95 = compiled(lambda a, b: functional.hd95(a, b))
+    nsd = compiled(lambda a, b: functional.nsd(a, b, tolerance=1.0))
+
+    def ours():
+        return ops.convert_to_numpy(hd95(y, p)).ravel(), ops.convert_to_numpy(nsd(y, p)).ravel()
 
     yt = torch.tensor(gt[:, None].astype("float32"))
     pt = torch.tensor(pr[:, None].astype("float32"))
@@ -74,38 +81,78 @@ def worker():
     def monai():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return (
-                HausdorffDistanceMetric(percentile=95)(pt, yt),
-                SurfaceDiceMetric([1.0])(pt, yt),
-            )
+            hd = HausdorffDistanceMetric(include_background=True, percentile=95)(pt, yt)
+            sd = SurfaceDiceMetric([1.0], include_background=True)(pt, yt)
+        return hd.numpy().ravel(), sd.numpy().ravel()
 
-    tm = median_time(monai, repeats=3, warmup=1)
-    err = float(np.max(np.abs(hd - monai()[0].numpy().ravel()) / monai()[0].numpy().ravel()))
-    print(f"{backend}\t{t:.3f}\t{first:.1f}\t{tm:.3f}\t{err:.1e}")
+    t0 = time.perf_counter()
+    got = ours()
+    first = time.perf_counter() - t0
+    want = monai()
+    times = {"ours": [], "monai": []}
+    for _ in range(repeats):
+        for name, fn in (("ours", ours), ("monai", monai)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    t, tm = statistics.median(times["ours"]), statistics.median(times["monai"])
+    print(json.dumps({
+        "backend": keras.backend.backend(),
+        "ours": t,
+        "first": first,
+        "monai": tm,
+        "hd_err": float(np.max(np.abs(got[0] - want[0]) / want[0])),
+        "nsd_err": float(np.max(np.abs(got[1] - want[1]))),
+    }))
 
 
 def main():
-    out = run_per_backend(Path(__file__))
-    rows = [
-        "| backend | keras_seglosses HD95+NSD (s) | first call incl. compile (s) | MONAI (s) | ratio | max rel. diff HD95 vs MONAI |",
-        "|---|---|---|---|---|---|",
-    ]
-    for backend, text in out.items():
-        b, t, first, tm, err = text.strip().splitlines()[-1].split("\t")
-        rows.append(f"| {b} | {t} | {first} | {tm} | {float(t) / float(tm):.2f} | {err} |")
-    md = (
-        f"HD95 (`convention=\"max\"`) + NSD (`tolerance=1`, voxel) on 8 volumes of 64^3 "
-        f"(smooth random blobs), median of 3 runs; MONAI 1.x `HausdorffDistanceMetric` + "
-        f"`SurfaceDiceMetric` in the same process. Machine: {machine()} (shared with other jobs).\n"
-        f"TensorFlow and JAX timed compiled (XLA / jax.jit), torch eager.\n\n"
-        f"Command: `.venv/bin/python benchmarks/metrics.py`\n\n" + "\n".join(rows)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2x32^3, print only")
+    parser.add_argument("--print-only", action="store_true",
+                        help="print the table, do not write BENCHMARKS.md")
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.size, args.repeats = 2, 32, 2
+    if args.worker:
+        worker(args.batch, args.size, args.repeats)
+        return
+    backends = tuple(args.backends.split(","))
+    out = run_per_backend(
+        Path(__file__), backends,
+        ["--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats)],
     )
-    write_section("metrics", md)
+    rows = [
+        "| backend | keras_seglosses HD95+NSD (s) | first call incl. compile (s) | MONAI (s) "
+        "| ratio | max rel. diff HD95 | max abs. diff NSD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b in backends:
+        r = json.loads(out[b].strip().splitlines()[-1])
+        rows.append(
+            f"| {r['backend']} | {r['ours']:.3f} | {r['first']:.1f} | {r['monai']:.3f} "
+            f"| {r['ours'] / r['monai']:.2f} | {r['hd_err']:.1e} | {r['nsd_err']:.1e} |"
+        )
+    full = (args.batch, args.size, args.repeats) == (8, 64, 3) and backends == (
+        "tensorflow", "jax", "torch")
+    md = (
+        f"HD95 (`convention=\"max\"`) + NSD (`tolerance=1`, voxel) on {args.batch} volumes "
+        f"of {args.size}^3 (smooth random blobs), median of {args.repeats} runs after a "
+        f"warm-up, alternating with MONAI `HausdorffDistanceMetric` + `SurfaceDiceMetric` "
+        f"in the same process (ratio: ours / MONAI). Machine: {machine()} (shared with "
+        f"other jobs). TensorFlow and JAX compiled (XLA / jax.jit, one function per "
+        f"metric as in `fit`), torch eager.\n\n"
+        f"Command: `python benchmarks/metrics.py`\n\n" + "\n".join(rows)
+    )
     print(md)
+    if full and not (args.print_only or args.quick):
+        write_section("metrics", md)
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
-        worker()
-    else:
-        main()
+    main()

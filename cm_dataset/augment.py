@@ -1,8 +1,9 @@
 """Exact flips and axis permutations of a cube: the 48 symmetries.
 
 The original training code augmented every training volume with 8
-mirrorings (flip any subset of the 3 axes) times 27 rotation triples (about
-the three axes), materializing 216 interpolated copies [000, Sec. V]. On a
+mirrorings (flip any subset of the 3 axes) times 27 rotation triples (90,
+180 or 270 degrees in each of the three axis planes), materializing 216
+copies with `scipy.ndimage.rotate` before training [000, Sec. V]. On a
 cube every rotation by a multiple of 90 degrees, and every mirroring, is a
 reversal and transposition of axes: the whole set lies in the group of 48
 symmetries of the cube (6 axis permutations x 8 axis reversals), and only 48
@@ -103,13 +104,17 @@ def inverse(k):
 def original216_indices():
     """The original's 216 augmentation variants as symmetry indices.
 
-    Variant `m * 27 + r` mirrors by the flags `FLIPS[m]` and then rotates
-    by `(a, b, c)` quarter turns, `r = 9a + 3b + c`, `a, b, c` in {0, 1, 2}
-    (0, 90 and 180 degrees) about axes 0, 1 and 2 in that order: 8 x 27 =
-    216 variants, as the original's three nested rotation loops [000,
-    Sec. V]. Quarter-turn rotations of a cube are exact transpositions and
-    reversals, so every variant is one of the 48 symmetries and only 48
-    distinct ones occur.
+    The released code mirrored every training volume in the 8 ways of
+    flipping any subset of the three axes, then rotated each mirrored copy
+    by every triple of 90, 180 and 270 degrees: first in the plane of axes
+    (0, 1), then (0, 2), then (1, 2) (`scipy.ndimage.rotate`), and stacked
+    the 27 rotations of all mirrored copies [000, Sec. V]. Variant
+    `r * 8 + m` here is its rotation triple `r = 9a + 3b + c` (angles
+    `90 * (a + 1)`, `90 * (b + 1)`, `90 * (c + 1)`) of mirroring `m` (bit
+    `i` of `m` flips axis `i`), its order in the original's arrays.
+    Quarter-turn rotations of a cube are exact transpositions and reversals,
+    so every variant is one of the 48 symmetries, and only 48 distinct ones
+    occur.
 
     Returns:
         tuple of 216 ints in 0..47.
@@ -121,12 +126,15 @@ def original216_indices():
     (216, 48)
     """
     out = []
-    for flips in FLIPS:
-        mirrored = _PROBE[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
-        for a, b, c in itertools.product(range(3), repeat=3):
-            v = np.rot90(mirrored, a, axes=(1, 2))
-            v = np.rot90(v, b, axes=(0, 2))
-            v = np.rot90(v, c, axes=(0, 1))
+    for a, b, c in itertools.product(range(3), repeat=3):
+        for m in range(8):
+            flip = tuple(slice(None, None, -1) if m >> i & 1 else slice(None) for i in range(3))
+            v = _PROBE[flip]
+            # scipy.ndimage.rotate by +90 degrees in the plane (i, j) is
+            # np.rot90(k=1, axes=(i, j)).
+            v = np.rot90(v, a + 1, axes=(0, 1))
+            v = np.rot90(v, b + 1, axes=(0, 2))
+            v = np.rot90(v, c + 1, axes=(1, 2))
             out.append(_identify(v))
     return tuple(out)
 
@@ -136,9 +144,10 @@ def apply_tf(volume, k):
 
     Built from `tf.transpose` and `tf.reverse` only (no Keras ops: they fail
     inside `tf.data` under the JAX backend), exact, with a static output
-    shape. `k` may be a scalar tensor: the permutation is looked up and each
-    reversal is a `tf.cond` (a 48-way `tf.switch_case` is several times
-    slower inside `tf.data`).
+    shape. `k` may be a scalar tensor: the permutation and the axes to
+    reverse are looked up, so one transpose and one reverse serve all 48
+    (no branches; a 48-way `tf.switch_case` is several times slower inside
+    `tf.data`).
 
     Args:
         volume: tensor `(S, S, S, ...)`.
@@ -160,10 +169,6 @@ def apply_tf(volume, k):
     perms = tf.constant([list(p) + rest for p, _ in SYMMETRIES], tf.int32)
     flips = tf.constant([[bool(v) for v in f] for _, f in SYMMETRIES], tf.bool)
     out = tf.transpose(volume, tf.gather(perms, k))
-    for axis in range(3):
-        out = tf.cond(
-            flips[k, axis],
-            lambda o=out, a=axis: tf.reverse(o, [a]),
-            lambda o=out: o,
-        )
+    # The axes to reverse, 0 to 3 of them: a dynamic-length axis list.
+    out = tf.reverse(out, tf.boolean_mask(tf.range(3), tf.gather(flips, k)))
     return tf.ensure_shape(out, volume.shape)

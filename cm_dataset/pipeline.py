@@ -4,11 +4,12 @@ TensorFlow ops only: `keras.ops` inside `tf.data.Dataset.map` fails under the
 JAX backend (SPEC.md Sec. 9). A `tf.data.Dataset` is a valid `model.fit`
 input on every Keras 3 backend.
 
-Memory: the pipeline keeps one int8 copy of each bone's input, of each
-surgery and of each bone's annotation count; a sample is gathered, the
-three int8 volumes are transformed together (so x, y and M always see the
-same symmetry) and only then decoded to float32. Nothing is materialized
-per augmentation variant.
+Memory: each pair's input label, surgery and annotation count are packed
+into one byte per voxel, so a single exact transform moves x, y and M
+together, and only then is a batch decoded to float32. With augmentation
+the packed volumes are kept in each of the 6 axis orders (6 bytes per voxel
+and pair, 84 MiB for an Experiment-1 fold at 64^3); the 8 reversals are
+applied on the fly. Nothing is materialized per augmentation variant.
 """
 
 import numpy as np
@@ -55,7 +56,9 @@ def _subset(data, experiment, fold, subset, validation_fraction):
     split = get_split(experiment, fold, data.n_bones, data.n_surgeons)
     train, val = split.train_val(validation_fraction)
     if subset == "test":
-        return split.test, split.reference_surgeons
+        # Scored as SPEC.md Sec. 8: every test bone against each reference
+        # surgeon (Exp. 2: the 6 training surgeons, not the held-out one).
+        return split.evaluation_pairs, split.reference_surgeons
     pairs = train if subset == "train" else val
     if not pairs:
         raise ValueError(
@@ -65,10 +68,12 @@ def _subset(data, experiment, fold, subset, validation_fraction):
     return pairs, split.map_surgeons
 
 
-def _legacy_scale(k):
-    """The original's legacy encoding for K map annotations: penalty -K and
-    scale K - 1 (-7 and 6 for its 7 surgeons), scale at least 1."""
-    return -float(k), float(max(k - 1, 1))
+def _legacy_scale(k, n_surgeons):
+    """The released code's legacy encoding for K map annotations out of
+    `n_surgeons`: penalty -K and scale `n_surgeons - 1` (at least 1), i.e.
+    -7 and 6 in its bone experiment (K = 7) and -6 and 6 in its surgeon
+    experiment (K = 6)."""
+    return -float(k), float(max(n_surgeons - 1, 1))
 
 
 def make_arrays(
@@ -84,8 +89,11 @@ def make_arrays(
 
     The same encodings as `make_dataset` (which see), built with the NumPy
     map functions of `keras_seglosses`. Samples follow the split's pair
-    order (`split.test` for `subset="test"`), so sample `i` is
-    `split.test[i]`. In Experiment 1 all test samples share one input.
+    order: for `subset="test"` sample `i` is `split.evaluation_pairs[i]`
+    (Experiment 1: `split.test`, the held-out bone's 7 surgeries, which
+    share one input; Experiment 2: each bone with each of the 6 training
+    surgeons, SPEC.md Sec. 8), so `model.evaluate(x, y)` gives the paper's
+    "Overall" mean over all pairs.
 
     Args:
         data: `CMData`.
@@ -125,7 +133,9 @@ def make_arrays(
         m = np.stack([reward_penalty_map(ann[b]) for b, _ in pairs])
         return x, pack_targets(y, m[..., None])
     h = [
-        legacy_reward_penalty_targets(data.y[data.index(b, s)], ann[b], *_legacy_scale(len(ann[b])))
+        legacy_reward_penalty_targets(
+            data.y[data.index(b, s)], ann[b], *_legacy_scale(len(ann[b]), data.n_surgeons)
+        )
         for b, s in pairs
     ]
     return x, np.stack(h)[..., None].astype(np.float32)
@@ -162,8 +172,9 @@ def make_dataset(
     * `"plain"`: the surgery only. 1 channel.
     * `"legacy"`: the released code's single encoded target for
       `LegacyRewardPenaltyDice`, `legacy_reward_penalty_targets` with
-      penalty `-K` and scale `K - 1` (at least 1) for the K map surgeries
-      (the original's -7 and 6 for 7 surgeons). 1 channel.
+      penalty `-K` for the K map surgeries and scale `n_surgeons - 1` (at
+      least 1), as the released code: -7 and 6 in Experiment 1, -6 and 6
+      in Experiment 2 on the 7-surgeon data. 1 channel.
 
     Augmentation (`cm_dataset.augment`), exact and identical on x, y and M:
 
@@ -184,7 +195,11 @@ def make_dataset(
         experiment: 1 (leave one bone out) or 2 (leave one surgeon out).
         fold: int, 1-based held-out bone or surgeon.
         subset: "train", "val" (a fixed `validation_fraction` of the
-            training pairs, see `Split.train_val`) or "test". Defaults to
+            training pairs, see `Split.train_val`) or "test" (the pairs a
+            prediction is scored against, `Split.evaluation_pairs`:
+            Experiment 1 the held-out bone with each of its surgeons,
+            Experiment 2 every bone with each training surgeon; the
+            held-out surgeon of Experiment 2 is never seen). Defaults to
             `"train"`.
         batch_size: int. Defaults to `16`.
         augment: "random", "all48", "original216" or `None`. Defaults to
@@ -224,38 +239,55 @@ def make_dataset(
     if augment == "random" and subset != "train":
         augment = None
     packed, tables = _pack(data, pairs, map_surgeons, targets)
-    packed_t, tables_t = tf.constant(packed), tf.constant(tables)
+    # Symmetry k is axis permutation k // 8, then the reversals FLIPS[k % 8].
+    # Permuting bytes element by element is the costly part of a symmetry,
+    # so every pair is stored once per permutation (6 bytes per voxel) and
+    # a sample only picks its copy; the reversals are fused into the decoder.
+    permutations = range(len(aug.PERMUTATIONS)) if augment is not None else (0,)
+    by_permutation = np.stack(
+        [np.moveaxis(aug.apply(np.moveaxis(packed, 0, -1), 8 * p), -1, 0) for p in permutations]
+    )
+    packed_t = tf.constant(by_permutation)
+    del packed, by_permutation
+    tables_t = tf.constant(tables)
+    flips_t = tf.constant([[bool(f) for f in aug.SYMMETRIES[k][1]] for k in range(48)])
     x_table = tf.constant(_x_table(input_encoding))
 
     def load(i, k):
-        vol = tf.gather(packed_t, i)
-        if augment is not None:
-            vol = aug.apply_tf(vol, k)
-        return vol, tf.gather(tables_t, i)
+        return packed_t[k // 8, i], tf.gather(flips_t, k), tf.gather(tables_t, i)
 
     decode = _decoder()
 
     n = len(pairs)
     if augment is None or augment == "random":
-        index, per = tf.data.Dataset.range(n), 1
+        variants = (0,)
     else:
         variants = aug.original216_indices() if augment == "original216" else range(48)
-        table = tf.constant(np.array(variants), tf.int64)
-        per = int(table.shape[0])
-        index = tf.data.Dataset.range(n * per)
-    if subset == "train":
-        index = index.shuffle(n * per, seed=seed, reshuffle_each_iteration=True)
-    if augment == "random":
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(index, draws).map(lambda i, r: (i, r % aug.N_SYMMETRIES))
-    elif augment is None:
-        ds = index.map(lambda i: (i, tf.constant(0, tf.int64)))
-    else:
-        ds = index.map(lambda i: (i // per, tf.gather(table, i % per)))
+    table = tf.constant(np.array(variants), tf.int32)
+    total = n * len(variants)
+    # A generator of the pipeline's own, seeded by `seed` alone (TF's op
+    # seeds would also follow the global seed that keras.utils.set_random_seed
+    # sets). An epoch's order and symmetries are drawn in one sequential
+    # step when its iterator starts, so no thread timing can reorder draws,
+    # and every new iterator (every `fit` epoch) gets fresh ones.
+    generator = tf.random.Generator.from_seed(seed)
+
+    def epoch(_):
+        order = tf.range(total, dtype=tf.int32)
+        if subset == "train":
+            order = tf.random.experimental.stateless_shuffle(order, generator.make_seeds(1)[:, 0])
+        pair, variant = order // len(variants), tf.gather(table, order % len(variants))
+        if augment == "random":
+            variant = generator.uniform([total], 0, aug.N_SYMMETRIES, dtype=tf.int32)
+        return pair, variant
+
+    ds = tf.data.Dataset.from_tensors(0).map(epoch).unbatch()
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=subset == "train")
     ds = ds.map(
-        lambda v, t: decode(v, t, x_table), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        lambda v, f, t: decode(v, f, t, x_table),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -267,15 +299,19 @@ def _decoder():
     """The batch decoder, one XLA-compiled function for the process (so its
     compilations are cached across datasets).
 
-    Decoding runs once per batch, fused: one read of the packed bytes, one
-    write of the float32 outputs (unfused it takes several passes). Values
-    come from small tables built in NumPy, so they equal `make_arrays` bit
-    for bit."""
+    Decoding runs once per batch, fused: each sample's axis reversals (a
+    select between the volume and its reverse, which XLA folds into the
+    reads), one read of the packed bytes, one write of the float32 outputs
+    (unfused it takes several passes). Values come from small tables built
+    in NumPy, so they equal `make_arrays` bit for bit."""
     if not _DECODE:
         import tensorflow as tf
 
         @tf.function(jit_compile=True, reduce_retracing=True)
-        def decode(vol, table, x_table):
+        def decode(vol, flips, table, x_table):
+            for axis in range(3):
+                flip = tf.reshape(flips[:, axis], [-1, 1, 1, 1])
+                vol = tf.where(flip, tf.reverse(vol, [axis + 1]), vol)
             width = tf.shape(table)[1]
             v = tf.cast(vol, tf.int32)
             x = tf.gather(x_table, v // width)
@@ -302,7 +338,7 @@ def _pack(data, pairs, map_surgeons, targets):
     keeps the working set at one byte per voxel and pair. The tables are
     the map formulas of `keras_seglosses.rpmap` on each possible count:
     M = count / max(count) or -1 [000, Fig. 2]; the legacy target
-    y * count, -K where no surgery, 0 where only y, over K - 1."""
+    y * count, -K where no surgery, 0 where only y, over n_surgeons - 1."""
     base = max(len(s) for s in map_surgeons) + 1
     width = 2 * base
     dtype = np.uint8 if N_LABELS * width <= 256 else np.int32
@@ -317,7 +353,7 @@ def _pack(data, pairs, map_surgeons, targets):
         j = data.index(b, s)
         packed[i] = ((data.x[j].astype(np.int32) * 2 + data.y[j]) * base + counts[b]).astype(dtype)
         if targets == "legacy":
-            penalty, scale = _legacy_scale(len(map_surgeons[b]))
+            penalty, scale = _legacy_scale(len(map_surgeons[b]), data.n_surgeons)
             h = np.where(c == 0, np.float32(penalty), yf * c)
             h = np.where((c == 1) & (yf == 1), np.float32(0.0), h)
             tables[i, :, 0] = h / np.float32(scale)

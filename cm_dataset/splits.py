@@ -82,6 +82,22 @@ class Split:
         """Flat indices of the test pairs."""
         return self.indices(self.test)
 
+    @property
+    def evaluation_pairs(self):
+        """The `(bone, surgeon)` pairs a model's test prediction is scored
+        against (SPEC.md Sec. 8), bone-major: each test bone with each of its
+        `reference_surgeons`. Experiment 1: the held-out bone's 7 pairs
+        (`test`). Experiment 2: every bone with each of the 6 training
+        surgeons (54 pairs); the held-out surgeon's pairs (`test`) are the
+        surgeon baseline, scored against the same 54.
+
+        Example:
+
+        >>> len(leave_one_surgeon_out(1).evaluation_pairs)
+        54
+        """
+        return tuple((b, s) for b in self.test_bones for s in self.reference_surgeons[b])
+
     def train_val(self, validation_fraction=0.1):
         """Split the training pairs into training and validation pairs.
 
@@ -152,6 +168,19 @@ class Split:
             )
 
 
+def _check_sizes(n_bones, n_surgeons, held):
+    """Validate the data set's size; the held-out kind needs two or more (one
+    to hold out, one to train on)."""
+    for name, value in (("n_bones", n_bones), ("n_surgeons", n_surgeons)):
+        low = 2 if name == held else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(
+                f"Invalid value for argument `{name}`. Expected an integer >= {low}. "
+                f"Received: {name}={value!r}"
+            )
+    return int(n_bones), int(n_surgeons)
+
+
 def _check_fold(fold, n, what):
     if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 1 <= fold <= n:
         raise ValueError(
@@ -181,6 +210,7 @@ def leave_one_bone_out(fold, n_bones=9, n_surgeons=7):
     >>> s.held_out, s.test[:2], len(s.train)
     (0, ((0, 0), (0, 1)), 56)
     """
+    n_bones, n_surgeons = _check_sizes(n_bones, n_surgeons, "n_bones")
     fold = _check_fold(fold, n_bones, "bone")
     held = fold - 1
     surgeons = tuple(range(n_surgeons))
@@ -218,6 +248,7 @@ def leave_one_surgeon_out(fold, n_bones=9, n_surgeons=7):
     >>> len(s.train), s.test[:2], s.map_surgeons[0]
     (54, ((0, 6), (1, 6)), (0, 1, 2, 3, 4, 5))
     """
+    n_bones, n_surgeons = _check_sizes(n_bones, n_surgeons, "n_surgeons")
     fold = _check_fold(fold, n_surgeons, "surgeon")
     held = fold - 1
     trainers = tuple(s for s in range(n_surgeons) if s != held)

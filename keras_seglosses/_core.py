@@ -111,19 +111,19 @@ def region_sum(x, batch):
     return ops.sum(x, axis=axes)
 
 
-def region_dot(a, b, batch):
-    """`region_sum(a * b, batch)` as a contraction.
+def voxel_dot(a, b):
+    """`sum(a * b)` over the last axis of two voxel columns (see
+    `targets.voxel_columns`): `(n,) -> ()` or `(batch, n) -> (batch,)`.
 
-    XLA on CPU and torch run `sum(a * b)` over a channels-last slice of a
-    packed target far slower than a dot product over `(batch, voxels, C)`;
-    the contraction also keeps `a * b` out of memory in torch's eager mode.
+    XLA (TensorFlow, JAX) fuses the product into the reduction, and its
+    reduction is more accurate than its dot product. Torch runs eagerly:
+    for one long column `torch.dot` writes neither `a * b` nor a gradient
+    buffer for it (about 2x faster there); for `(batch, n)` its batched
+    contraction (`bmm`) is slower than multiply-and-sum.
     """
-    equation = "bnc,bnc->c" if batch else "bnc,bnc->bc"
-    return ops.einsum(equation, _flat(a), _flat(b))
-
-
-def _flat(x):
-    return ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
+    if len(a.shape) == 1 and keras.backend.backend() == "torch":
+        return ops.dot(a, b)
+    return ops.sum(a * b, axis=-1)
 
 
 def per_sample(values, like, batch, include_background=True):
@@ -145,9 +145,41 @@ def per_sample(values, like, batch, include_background=True):
     return values
 
 
+def voxel_sum(x):
+    """Sum over every non-batch axis: `(batch, ...) -> (batch,)`.
+
+    With a static non-batch shape the values are summed in blocks of 128 by
+    a matrix-vector product with ones, then the block sums are added: XLA on
+    CPU (JAX) runs logarithms fused into a reduction unvectorized, which made
+    cross-entropy-like losses about 10x slower than their memory traffic; the
+    product keeps the elementwise part in its own vectorized loop, and the
+    short blocks keep the sum as accurate as a reduction.
+    """
+    n = 1
+    for d in x.shape[1:]:
+        if d is None:
+            return ops.sum(x, axis=tuple(range(1, len(x.shape))))
+        n *= d
+    flat = ops.reshape(x, (-1, n))
+    pad = -n % _SUM_BLOCK
+    if pad:
+        flat = ops.pad(flat, [(0, 0), (0, pad)])
+    blocks = ops.reshape(flat, (-1, (n + pad) // _SUM_BLOCK, _SUM_BLOCK))
+    return ops.sum(ops.matmul(blocks, ops.ones((_SUM_BLOCK,), dtype=x.dtype)), axis=1)
+
+
+_SUM_BLOCK = 128
+
+
 def voxel_mean(x):
-    """Mean over every non-batch axis: `(batch, ...) -> (batch,)`."""
-    return ops.mean(x, axis=tuple(range(1, len(x.shape))))
+    """Mean over every non-batch axis: `(batch, ...) -> (batch,)` (computed
+    as `voxel_sum`)."""
+    if None in tuple(x.shape[1:]):
+        return ops.mean(x, axis=tuple(range(1, len(x.shape))))
+    n = 1
+    for d in x.shape[1:]:
+        n *= d
+    return voxel_sum(x) / float(n)
 
 
 # ----------------------------------------------------------------- validation

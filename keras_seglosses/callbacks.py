@@ -18,9 +18,10 @@ class BoundaryWeightSchedule(keras.callbacks.Callback):
     beginning of each epoch.
 
     TensorFlow and torch read the variable at every step. A `jax.jit`-compiled
-    train step would keep the value it was traced with, so on JAX the
-    callback rebuilds the train function whenever `alpha` changes (one
-    recompilation per epoch while the schedule runs).
+    step would keep the value it was traced with, so on JAX the callback
+    rebuilds the train function (and the test function, for validation
+    losses) whenever `alpha` changes: one recompilation per epoch while the
+    schedule runs.
 
     Args:
         loss: the loss whose `alpha` to set (a `DiceBoundary`, or any loss
@@ -76,8 +77,11 @@ class BoundaryWeightSchedule(keras.callbacks.Callback):
         if abs(float(keras.ops.convert_to_numpy(loss.alpha)) - alpha) < 1e-7:
             return
         loss.alpha.assign(alpha)
-        if keras.backend.backend() == "jax" and self.model.train_function is not None:
-            self.model.make_train_function(force=True)
+        if keras.backend.backend() == "jax":
+            if self.model.train_function is not None:
+                self.model.make_train_function(force=True)
+            if self.model.test_function is not None:
+                self.model.make_test_function(force=True)
 
     def get_config(self):
         return {"start": self.start, "step": self.step, "minimum": self.minimum}

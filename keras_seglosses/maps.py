@@ -27,15 +27,20 @@ from keras_seglosses.ops import distance_transform, signed_distance
 __all__ = ["rrw_map", "boundary_map", "ac_map", "RW_MAPS"]
 
 
-def _classes(labels):
-    """Binarized float32 labels, with a binary channel expanded to two."""
+def _binarized(labels):
+    """Validated float32 labels binarized at 0.5, channels unchanged."""
     y = ops.convert_to_tensor(labels)
     if len(y.shape) < 3:
         raise ValueError(
             "Region-wise maps expect channels_last labels of shape "
             f"(batch, *spatial, channels). Received: labels.shape={tuple(y.shape)}."
         )
-    y = ops.cast(ops.cast(y, "float32") > 0.5, "float32")
+    return ops.cast(ops.cast(y, "float32") > 0.5, "float32")
+
+
+def _classes(labels):
+    """Binarized float32 labels, with a binary channel expanded to two."""
+    y = _binarized(labels)
     if y.shape[-1] == 1:
         y = ops.concatenate([1.0 - y, y], axis=-1)
     return y
@@ -105,7 +110,11 @@ def boundary_map(labels, spacing=None):
 
     `z_ik = -||i - b_ik||` inside class k (distance to the nearest voxel
     outside k) and `+||i - b_ik||` outside (distance to the nearest voxel of
-    k): the signed distance of each class mask, unrectified.
+    k): the signed distance of each class mask, unrectified, from two
+    Euclidean distance transforms per class as the RW authors compute it.
+    The innermost layer is -1; Kervadec's released code subtracts 1 inside
+    (innermost layer 0), a map larger by 1 on each class, which only lowers
+    the reward for probability a class puts inside itself.
 
     Args:
         labels: `(batch, *spatial, C)`, one-hot, or binary when `C == 1`.
@@ -126,10 +135,14 @@ def boundary_map(labels, spacing=None):
     Reference:
         Valverde and Tohka [002, Eq. 3]; Kervadec et al., boundary loss.
     """
-    y = _classes(labels)
-    return ops.stop_gradient(
-        _per_class(lambda mask: signed_distance(mask, spacing), y)
-    )
+    y = _binarized(labels)
+    z = _per_class(lambda mask: signed_distance(mask, spacing), y)
+    if y.shape[-1] == 1:
+        # The background's signed distance is the foreground's negated (the
+        # same two transforms with the roles swapped), so one call serves both
+        # classes at half the cost.
+        z = ops.concatenate([-z, z], axis=-1)
+    return ops.stop_gradient(z)
 
 
 def ac_map(labels):

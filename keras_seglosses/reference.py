@@ -66,5 +66,10 @@ def surface_distances(source, target, spacing=None):
     `keras_seglosses.ops.surface_distances`."""
     s = surface(source)
     t = surface(target) > 0.5
+    if t.shape != s.shape:
+        raise ValueError(
+            "Invalid value for argument `target`. Expected the shape of "
+            f"`source`. Received: source.shape={s.shape}, target.shape={t.shape}"
+        )
     spacing = check_spacing(spacing, t.ndim - 1)
     return np.stack([_edt(m, spacing) for m in t]), s

@@ -68,6 +68,11 @@ def reward_penalty_map(annotations, penalty=-1.0, normalize=True):
     `M = count / max(count)` where at least one annotation marks the voxel,
     `M = penalty` elsewhere (`normalize=True`); without normalization
     `M = count` and `penalty * max(count)` [000, Sec. III-B, Fig. 2].
+    Counting is one vectorized sum over the annotation axis.
+
+    Edge cases: when no annotation marks anything, `max(count)` is taken as
+    1, so every voxel is `penalty` (with or without `normalize`); with K = 1
+    the map is 1 inside the annotation and `penalty` outside.
 
     Args:
         annotations: array of shape `(K, *spatial)` with values 0/1 (or bool):
@@ -106,8 +111,9 @@ def reward_penalty_map(annotations, penalty=-1.0, normalize=True):
 def reward_penalty_map_tensor(annotations, penalty=-1.0, normalize=True, axis=0):
     """`keras.ops` twin of `reward_penalty_map`, for use inside models.
 
-    Works on any backend and under jit. Values are not validated (that would
-    need a Python branch on tensor values): pass 0/1 annotations.
+    Works on any backend and under jit, with the same rules and edge cases.
+    A numpy input is checked to be binary; a tensor is not (that would need a
+    Python branch on tensor values): pass 0/1 annotations.
 
     Args:
         annotations: tensor whose axis `axis` enumerates the K annotations.
@@ -128,6 +134,8 @@ def reward_penalty_map_tensor(annotations, penalty=-1.0, normalize=True, axis=0)
     [[1.0, 0.5, -1.0, -1.0]]
     """
     _check_penalty(penalty)
+    if isinstance(annotations, (np.ndarray, list, tuple)):
+        annotations = _binary_stack(annotations, min_ndim=1)
     a = ops.cast(ops.convert_to_tensor(annotations), "float32")
     ndim = len(a.shape)
     axis = axis % ndim
@@ -146,15 +154,22 @@ def legacy_reward_penalty_targets(y, annotations, penalty=-7.0, scale=6.0):
 
     The original training code did not feed the map separately. For an
     annotation `y` of an input with annotations `A` (K of them, `y` among
-    them) it built
+    them) it built, in this order,
 
         h = y * count(A)          (the count includes y itself)
-        h = penalty  where no annotation marks the voxel
-        h = 0        where y is the only annotation marking the voxel
+        h = penalty  where count(A) == 0 (no annotation marks the voxel)
+        h = 0        where h == 1, i.e. y marks the voxel and count(A) == 1:
+                     the voxels only this annotation marks
         h = h / scale
 
-    and trained `LegacyRewardPenaltyDice` on it. The released bone
-    experiment used 7 annotations, `penalty=-7` and `scale=6`.
+    so `h` is `count / scale` on the voxels y shares with at least one other
+    annotation, `penalty / scale` on the voxels nobody marks, and 0 elsewhere
+    (the voxels only y marks lose their reward; voxels others mark but y does
+    not are 0 too). The rules are applied literally, so a `y` that is not in
+    `A` gets what the original code would give it. The released bone
+    experiment used 7 annotations, `penalty=-7` and `scale=6` (its surgeon
+    experiment: 6 annotations, `penalty=-6`, `scale=6`).
+    `LegacyRewardPenaltyDice` trains on `h`.
 
     Args:
         y: binary array `(*spatial)` or `(*spatial, 1)`.
@@ -173,7 +188,7 @@ def legacy_reward_penalty_targets(y, annotations, penalty=-7.0, scale=6.0):
     [1.5, 1.0, 0.0, -1.5]
     """
     _check_penalty(penalty)
-    if not isinstance(scale, (int, float)) or scale <= 0:
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
         raise ValueError(
             f"Invalid value for argument `scale`. Expected a number > 0. Received: scale={scale!r}"
         )

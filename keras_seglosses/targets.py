@@ -106,9 +106,7 @@ def unpack_targets(y_true, n_classes):
     return labels, maps
 
 
-def require_map(y_true, n_classes, index, loss_name, map_name):
-    """Return packed map number `index`, or raise a `ValueError` explaining how
-    to pack it."""
+def _check_map(y_true, n_classes, index, loss_name, map_name):
     shape = _channels(y_true)
     n_maps = n_packed_maps(shape, n_classes)
     if n_maps <= index:
@@ -119,5 +117,38 @@ def require_map(y_true, n_classes, index, loss_name, map_name):
             f"y_true.shape={tuple(shape)}. Build the target with "
             f"`keras_seglosses.pack_targets(labels, {map_name.replace(' ', '_')})`."
         )
-    start = (index + 1) * n_classes
+    return (index + 1) * n_classes
+
+
+def require_map(y_true, n_classes, index, loss_name, map_name):
+    """Return packed map number `index`, or raise a `ValueError` explaining how
+    to pack it."""
+    start = _check_map(y_true, n_classes, index, loss_name, map_name)
     return y_true[..., start : start + n_classes]
+
+
+def voxel_columns(x, batch):
+    """The channels of `x` `(batch, *spatial, K)` as K flat voxel columns.
+
+    Each column has shape `(batch * N,)` when `batch` is True (the sums pool
+    the mini-batch) and `(batch, N)` otherwise, N the voxels of one sample.
+    The whole tensor is flattened before the channels are taken apart: XLA
+    on CPU reduces a strided column of a `(voxels, K)` matrix several times
+    faster than a channel slice of the channels-last tensor, and for `K == 1`
+    the column is a plain reshape (no slice, so torch's backward pass does
+    not scatter its gradient into a zero tensor).
+    """
+    lead = (-1,) if batch else (ops.shape(x)[0], -1)
+    if x.shape[-1] == 1:
+        return [ops.reshape(x, lead)]
+    flat = ops.reshape(x, lead + (x.shape[-1],))
+    return [flat[..., k] for k in range(x.shape[-1])]
+
+
+def require_map_columns(y_true, n_classes, index, batch, loss_name, map_name):
+    """`(labels, map)` of a packed target as two lists of `n_classes` voxel
+    columns (see `voxel_columns`); raises as `require_map` when the map is
+    missing."""
+    start = _check_map(y_true, n_classes, index, loss_name, map_name)
+    columns = voxel_columns(y_true, batch)
+    return columns[:n_classes], columns[start : start + n_classes]

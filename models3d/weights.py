@@ -1,5 +1,8 @@
 """Loading the RPDL original's Keras 2 HDF5 files into the Keras 3 models."""
 
+import collections
+import json
+
 import h5py
 import numpy as np
 
@@ -20,19 +23,24 @@ def _attribute(group, name):
     return values if chunk else None
 
 
-def read_keras2_weights(path):
-    """Read a Keras 2 HDF5 file (`model.save` or `model.save_weights`).
+def _layer_classes(f):
+    """Counts of layer class names in a whole-model file's `model_config`
+    (`None` for weights-only files, which carry no architecture)."""
+    config = f.attrs.get("model_config")
+    if config is None:
+        return None
+    if isinstance(config, bytes):
+        config = config.decode("utf8")
+    config = json.loads(config).get("config", {})
+    # Keras 2 Sequential configs were a bare list of layers.
+    layers = config if isinstance(config, list) else config.get("layers", [])
+    return collections.Counter(
+        layer["class_name"] for layer in layers
+        if layer.get("class_name") != "InputLayer"
+    )
 
-    Args:
-        path: path of the `.h5` file.
 
-    Returns:
-        A list of `(layer_name, [arrays])`, one per layer with weights, in the
-        file's (topological) order.
-
-    Raises:
-        ValueError: the file cannot be read or is not a Keras 2 HDF5 file.
-    """
+def _read_keras2_file(path):
     path = str(path)
     try:
         f = h5py.File(path, "r")
@@ -57,10 +65,26 @@ def read_keras2_weights(path):
                 layers.append(
                     (name, [np.asarray(group[name][w]) for w in weight_names])
                 )
-        return layers
+        return layers, _layer_classes(f)
 
 
-def load_original_weights(model, path):
+def read_keras2_weights(path):
+    """Read a Keras 2 HDF5 file (`model.save` or `model.save_weights`).
+
+    Args:
+        path: path of the `.h5` file.
+
+    Returns:
+        A list of `(layer_name, [arrays])`, one per layer with weights, in the
+        file's (topological) order.
+
+    Raises:
+        ValueError: the file cannot be read or is not a Keras 2 HDF5 file.
+    """
+    return _read_keras2_file(path)[0]
+
+
+def load_original_weights(model, path, check_structure=True):
     """Load weights saved by the RPDL original (Keras 2.2.4, HDF5) into `model`.
 
     The original saved whole models (`model_bone/unet_bone{k}_heatmapdice.h5`,
@@ -68,22 +92,31 @@ def load_original_weights(model, path):
     default names (`conv3d_1`, `batch_normalization_1`, ...). As Keras 2's
     `load_weights` does by default, layers are matched by position: the
     file's layers that have weights, in saved (topological) order, against
-    `model.layers` that have weights, in the same order. Every count and
-    shape is checked before anything is assigned, so a mismatch leaves
-    `model` unchanged.
+    `model.layers` that have weights, in the same order.
+
+    Weights alone cannot tell a U-net file from a V-net one (the residual
+    additions have no weights), so for whole-model files the layer classes
+    of the saved architecture (`model_config`) are compared with `model`'s
+    first; weights-only files (`save_weights`) carry no architecture and get
+    the weight checks only. Every check runs before anything is assigned,
+    so on any error `model` is left unchanged.
 
     Args:
         model: a `keras.Model` of the same architecture and settings as the
             saved one (e.g. `models3d.basic_unet()` for the U-net files).
         path: path of the Keras 2 `.h5` file.
+        check_structure: compare the layer classes of a whole-model file
+            with `model`'s. Defaults to `True`.
 
     Returns:
         `model`, with the weights loaded.
 
     Raises:
-        ValueError: the file is unreadable or not a Keras 2 file, or the
-            number of weighted layers, of weights in a layer, or a weight's
-            shape differs (the message names both layers and both shapes).
+        ValueError: the file is unreadable or not a Keras 2 file, its
+            architecture has different layers (the message lists the layer
+            classes whose counts differ), or the number of weighted layers,
+            of weights in a layer, or a weight's shape differs (the message
+            names both layers and both shapes).
 
     Example:
 
@@ -92,28 +125,46 @@ def load_original_weights(model, path):
     models3d.load_original_weights(model, "model_bone/unet_bone1_heatmapdice.h5")
     ```
     """
-    saved = read_keras2_weights(path)
+    saved, saved_classes = _read_keras2_file(path)
+    where = f"Cannot load {str(path)!r} into model {model.name!r}"
+    if check_structure and saved_classes is not None:
+        classes = collections.Counter(
+            type(layer).__name__ for layer in model.layers
+            if type(layer).__name__ != "InputLayer"
+        )
+        if classes != saved_classes:
+            differences = ", ".join(
+                f"{name} (file {saved_classes[name]}, model {classes[name]})"
+                for name in sorted(set(classes) | set(saved_classes))
+                if classes[name] != saved_classes[name]
+            )
+            raise ValueError(
+                f"{where}: the architectures differ in the number of layers "
+                f"of class {differences}. Build the architecture the file was "
+                "saved from (e.g. `vnet` rather than `basic_unet`), or pass "
+                "`check_structure=False` to match weights only."
+            )
     targets = [layer for layer in model.layers if layer.weights]
     if len(saved) != len(targets):
         raise ValueError(
-            f"Cannot load {str(path)!r} into model {model.name!r}: the file "
-            f"has {len(saved)} layers with weights, the model has "
-            f"{len(targets)}. Build the model with the settings the file was "
-            "trained with (input_shape, n_base_filters, depth, n_labels)."
+            f"{where}: the file has {len(saved)} layers with weights, the "
+            f"model has {len(targets)}. Build the model with the settings the "
+            "file was trained with (input_shape, n_base_filters, depth, "
+            "n_labels)."
         )
     for (saved_name, arrays), layer in zip(saved, targets):
         if len(arrays) != len(layer.weights):
             raise ValueError(
-                f"Cannot load {str(path)!r}: layer {layer.name!r} has "
-                f"{len(layer.weights)} weights but the file's layer "
-                f"{saved_name!r} has {len(arrays)}."
+                f"{where}: layer {layer.name!r} has {len(layer.weights)} "
+                f"weights but the file's layer {saved_name!r} has "
+                f"{len(arrays)}."
             )
         for variable, array in zip(layer.weights, arrays):
             if tuple(variable.shape) != array.shape:
                 raise ValueError(
-                    f"Cannot load {str(path)!r}: shape mismatch for weight "
-                    f"{variable.path!r} of layer {layer.name!r}: the model "
-                    f"expects {tuple(variable.shape)}, the file's layer "
+                    f"{where}: shape mismatch for weight {variable.path!r} of "
+                    f"layer {layer.name!r}: the model expects "
+                    f"{tuple(variable.shape)}, the file's layer "
                     f"{saved_name!r} holds {array.shape}."
                 )
     for (_, arrays), layer in zip(saved, targets):

@@ -8,6 +8,7 @@ old file or the new one, never a half-written one.
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
@@ -19,7 +20,9 @@ import time
 import numpy as np
 
 __all__ = [
+    "UsageError",
     "atomic_path",
+    "stale_temporaries",
     "write_text",
     "write_json",
     "read_json",
@@ -41,6 +44,17 @@ def _file_mode():
 _MODE = _file_mode()
 
 
+class UsageError(ValueError):
+    """A bad command-line value or unusable input file; `cmseg` exits with
+    status 2 and prints the message (no traceback)."""
+
+
+def _temporary_parts(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    stem, dot, suffix = os.path.basename(path).partition(".")
+    return directory, f".{stem}.", f".tmp{dot}{suffix}"
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path next to `path`; on success move it over `path`.
@@ -50,11 +64,9 @@ def atomic_path(path):
     exception the temporary file is removed and `path` is left as it was.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    directory, prefix, suffix = _temporary_parts(path)
     os.makedirs(directory, exist_ok=True)
-    base = os.path.basename(path)
-    stem, dot, suffix = base.partition(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{dot}{suffix}", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     os.close(fd)
     try:
         yield tmp
@@ -63,6 +75,13 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def stale_temporaries(path):
+    """Temporary files `atomic_path(path)` left behind by a killed process
+    (`path` may be a glob pattern such as `epoch-*.keras`)."""
+    directory, prefix, suffix = _temporary_parts(os.fspath(path))
+    return sorted(glob.glob(os.path.join(directory, f"{prefix}*{suffix}")))
 
 
 def write_text(path, text):

@@ -74,6 +74,7 @@ _TRAIN_OPTIONS = (
     ("--epochs", "epochs"),
     ("--batch-size", "batch_size"),
     ("--lr", "lr"),
+    ("--lr-schedule", "lr_schedule"),
     ("--steps-per-epoch", "steps_per_epoch"),
     ("--validation-steps", "validation_steps"),
     ("--seed", "seed"),
@@ -103,6 +104,10 @@ def _add_train_options(p, epochs=200, steps=None):
                    help="Default: %(default)s")
     p.add_argument("--lr", type=_positive_float, default=1e-4,
                    help="initial Adam learning rate. Default: %(default)s")
+    p.add_argument("--lr-schedule", default="plateau", choices=("plateau", "cosine"),
+                   help="plateau: the paper's (x0.1 after 10 epochs without a better "
+                   "validation loss); cosine: decay to 0 over --epochs, for short "
+                   "schedules. Default: %(default)s")
     p.add_argument("--steps-per-epoch", type=_positive_int, default=steps,
                    help="batches per epoch (default: one pass over the training pairs)")
     p.add_argument("--validation-steps", type=_positive_int, default=None,
@@ -142,6 +147,8 @@ def build_parser():
     p.add_argument("--bones", type=_positive_int, default=9, help="Default: %(default)s")
     p.add_argument("--surgeons", type=_positive_int, default=7, help="Default: %(default)s")
     p.add_argument("--size", type=_positive_int, default=64, help="cube edge. Default: %(default)s")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace data files already in --out (refused otherwise)")
 
     p = sub.add_parser("train", help="train one fold (or all) of an experiment")
     p.add_argument("--data", required=True, help="CM data directory")
@@ -183,6 +190,8 @@ def build_parser():
                    help="Default: the demo's short schedule")
     p.add_argument("--size", type=_positive_int, default=64, help="Default: %(default)s")
     p.add_argument("--overwrite", action="store_true", help="redo every step")
+    for name, subparser in sub.choices.items():
+        subparser.set_defaults(command_parser=subparser)
     return parser
 
 
@@ -210,8 +219,17 @@ def fold_commands(args, folds, prog=PROG):
 
 
 def _cmd_synth(args):
+    import cm_dataset
     from cm_dataset import synthetic
+    from scripts._io import UsageError
 
+    names = cm_dataset.file_names(args.bones, args.surgeons)
+    existing = [n for n in names if os.path.exists(os.path.join(args.out, n))]
+    if existing and not args.overwrite:
+        raise UsageError(
+            f"--out {args.out} already holds {', '.join(existing)}; left untouched (it may be "
+            "the original data). Pass --overwrite to replace it, or choose another --out."
+        )
     print(f"synthesizing {args.bones} bones x {args.surgeons} surgeons at {args.size}^3 ...",
           file=sys.stderr)
     data = synthetic.generate(n_bones=args.bones, n_surgeons=args.surgeons, size=args.size,
@@ -227,7 +245,8 @@ def _train_config(args, fold):
     return TrainConfig(
         data=os.path.abspath(args.data), experiment=args.experiment, fold=fold,
         model=args.model, loss=args.loss, loss_config=args.loss_config, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+        steps_per_epoch=args.steps_per_epoch,
         validation_steps=args.validation_steps, seed=args.seed, base_filters=args.base_filters,
         depth=args.depth, dropout=args.dropout, augment=args.augment,
         input_encoding=args.input_encoding, distribute=args.distribute,
@@ -291,7 +310,7 @@ def _cmd_demo(args, parser):
 def main(argv=None):
     """Run `cmseg` with `argv` (default: `sys.argv[1:]`); return the exit
     status (2 for bad command-line values)."""
-    from scripts.train import UsageError
+    from scripts._io import UsageError
 
     parser = build_parser()
     try:
@@ -300,8 +319,11 @@ def main(argv=None):
         return int(e.code or 0)
     commands = {"synth": lambda a, p: _cmd_synth(a), "train": _cmd_train,
                 "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
-    sub = parser._subparsers._group_actions[0].choices[args.command]
+    sub = args.command_parser
     try:
+        out = getattr(args, "out", None)
+        if out and os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"--out {out}: not a directory.")
         return commands[args.command](args, sub)
     except SystemExit as e:
         return int(e.code or 0)
@@ -309,7 +331,7 @@ def main(argv=None):
         print(f"{PROG} {args.command}: interrupted; every completed epoch is saved, run the "
               "same command again to resume.", file=sys.stderr)
         return 130
-    except (UsageError, ValueError) as e:
+    except UsageError as e:
         sub.print_usage(sys.stderr)
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2

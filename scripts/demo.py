@@ -7,9 +7,10 @@
 4. predict bone 1 and write its slices to OUT/predict/slices.png.
 
 Every step reuses what an earlier demo left in OUT (runs resume, finished
-runs are kept); `--overwrite` redoes everything. The short schedule is far
-from the paper's 200 epochs: its numbers show the pipeline working, not the
-paper's results (see the README for the full sweep).
+runs are kept); `--overwrite` redoes everything. The short schedule
+(`DEMO_SCHEDULE`) is far from the paper's 200 epochs over augmented data:
+one fold of one model, not the paper's tables (see the README for the full
+sweep).
 """
 
 import os
@@ -18,15 +19,31 @@ import time
 
 import numpy as np
 
-__all__ = ["demo", "DEMO_SCHEDULE"]
+__all__ = ["demo", "demo_config", "DEMO_SCHEDULE", "DEMO_LOSSES"]
 
-#: The short schedule: small enough for about 10 minutes on 2 CPU cores.
-DEMO_SCHEDULE = {"epochs": 8, "steps_per_epoch": 25, "batch_size": 2, "lr": 1e-3}
+#: The short schedule, well within 10 minutes on 2 CPU cores: 350 steps of
+#: 2 pairs per loss. Two departures from the paper's recipe make that enough
+#: to learn the task: a higher learning rate that decays along a cosine to
+#: about 0 (so BatchNormalization's moving statistics settle on the final
+#: weights; with a constant rate the model segments well in training mode
+#: but not at inference), and no augmentation (all 48 orientations of the
+#: cube need far more steps than this).
+DEMO_SCHEDULE = {"epochs": 14, "steps_per_epoch": 25, "batch_size": 2, "lr": 5e-3,
+                 "lr_schedule": "cosine", "augment": None}
 DEMO_LOSSES = ("dl", "rpdl")
 
 
 def _say(msg):
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def demo_config(data_dir, loss, schedule=None, size=64, base_filters=4):
+    """The `TrainConfig` of one demo run: U-Net, Experiment 1 fold 1."""
+    from scripts.train import TrainConfig
+
+    return TrainConfig(data=os.path.abspath(data_dir), experiment="bone", fold=1, model="unet",
+                       loss=loss, base_filters=base_filters, depth=5 if size >= 32 else 2,
+                       **(DEMO_SCHEDULE if schedule is None else schedule))
 
 
 def demo(out="demo_out", epochs=None, steps_per_epoch=None, batch_size=None, lr=None, size=64,
@@ -38,7 +55,7 @@ def demo(out="demo_out", epochs=None, steps_per_epoch=None, batch_size=None, lr=
     from scripts import _io
     from scripts.evaluate import evaluate
     from scripts.predict import predict
-    from scripts.train import TrainConfig, train
+    from scripts.train import train
 
     schedule = dict(DEMO_SCHEDULE)
     for key, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch),
@@ -61,10 +78,9 @@ def demo(out="demo_out", epochs=None, steps_per_epoch=None, batch_size=None, lr=
         rundir = os.path.join(out, "runs", f"bone-unet-{loss}", "fold-1")
         _say(f"2/4 training U-Net with {loss} on Experiment 1 fold 1 "
              f"({schedule['epochs']} epochs x {schedule['steps_per_epoch']} steps, batch "
-             f"{schedule['batch_size']}) -> {rundir}")
-        config = TrainConfig(data=os.path.abspath(data_dir), experiment="bone", fold=1,
-                             model="unet", loss=loss, base_filters=base_filters,
-                             depth=5 if size >= 32 else 2, **schedule)
+             f"{schedule['batch_size']}, learning rate {schedule['lr']:g} "
+             f"{schedule['lr_schedule']}) -> {rundir}")
+        config = demo_config(data_dir, loss, schedule, size, base_filters)
         train(config, rundir, overwrite=overwrite, log=_say)
         runs.append(rundir)
     report = os.path.join(out, "report")

@@ -21,10 +21,12 @@ HD95 and NSD (in voxels, tolerance 1 voxel) come from
 
 import math
 import os
+import sys
 
 import numpy as np
 
 from scripts import _io, registry
+from scripts._io import UsageError
 
 __all__ = [
     "METRICS",
@@ -244,24 +246,55 @@ def to_markdown(summary, digits=3):
 
 def find_runs(paths):
     """Run directories from the paths given: a directory holding
-    `config.json`, or a directory whose subdirectories do (`--fold all`)."""
-    runs = []
+    `config.json`, or a directory whose subdirectories do (`--fold all`).
+    A run reached twice (e.g. by a glob and by name) counts once."""
+    runs, seen = [], set()
     for path in paths:
         if os.path.isfile(os.path.join(path, "config.json")):
-            runs.append(path)
-            continue
-        subs = sorted(
-            os.path.join(path, d)
-            for d in (os.listdir(path) if os.path.isdir(path) else [])
-            if os.path.isfile(os.path.join(path, d, "config.json"))
-        )
-        if not subs:
-            raise ValueError(
+            found = [path]
+        else:
+            found = sorted(
+                os.path.join(path, d)
+                for d in (os.listdir(path) if os.path.isdir(path) else [])
+                if os.path.isfile(os.path.join(path, d, "config.json"))
+            )
+        if not found:
+            raise UsageError(
                 f"Invalid value for --runs. Expected a run directory (with config.json) "
                 f"or a directory of runs. Received: {path}"
             )
-        runs += subs
+        for run in found:
+            key = os.path.realpath(run)
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
     return runs
+
+
+def _read_run(rundir, data):
+    """The run's config, checked against the data (usage errors name the run)."""
+    path = os.path.join(rundir, "config.json")
+    try:
+        config = _io.read_json(path)
+        exp, fold = config["experiment"], int(config["fold"])
+        config["model"], config["loss"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(
+            f"{path}: not a cmseg run configuration ({type(e).__name__}: {e})."
+        ) from None
+    if exp not in registry.EXPERIMENTS:
+        raise UsageError(f"{path}: unknown experiment {exp!r}; expected one of "
+                         f"{', '.join(registry.EXPERIMENTS)}.")
+    folds = registry.valid_folds(exp, data.n_bones, data.n_surgeons)
+    if fold not in folds:
+        raise UsageError(
+            f"{rundir}: fold {fold} of experiment {exp!r} does not exist in --data "
+            f"({data.n_bones} bones x {data.n_surgeons} surgeons: folds "
+            f"{folds[0]}-{folds[-1]}). Was the run trained on other data?"
+        )
+    if not os.path.isfile(os.path.join(rundir, "model.keras")):
+        raise UsageError(f"{rundir}: no model.keras (the run has not completed an epoch).")
+    return config
 
 
 def _predict_run(rundir, config, data, bones, batch_size):
@@ -271,7 +304,18 @@ def _predict_run(rundir, config, data, bones, batch_size):
     import models3d  # noqa: F401  (registered layers)
     from scripts.predict import encode
 
-    model = keras.models.load_model(os.path.join(rundir, "model.keras"), compile=False)
+    path = os.path.join(rundir, "model.keras")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
+        raise UsageError(
+            f"{path}: unreadable as a Keras model ({type(e).__name__}: {e})."
+        ) from None
+    if tuple(model.input_shape[1:4]) != tuple(data.y.shape[1:]):
+        raise UsageError(
+            f"{path}: the model takes volumes of shape {tuple(model.input_shape[1:4])}, "
+            f"--data holds {tuple(data.y.shape[1:])}. Was the run trained on other data?"
+        )
     x = np.stack([data.bone_input(b) for b in bones])
     prob = model.predict(encode(x, config.get("input_encoding", "scaled")),
                          batch_size=batch_size, verbose=0)
@@ -339,6 +383,10 @@ def plot_boxes(cases, path, metric="dice"):
     plt.close(fig)
 
 
+def _note(message):
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
     """Evaluate run directories and write the report into `out`.
 
@@ -351,12 +399,23 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
     """
     import cm_dataset
 
-    data = cm_dataset.load(data_dir)
+    try:
+        data = cm_dataset.load(data_dir)
+    except ValueError as e:
+        raise UsageError(f"--data {data_dir}: {e}") from None
     metrics = available_metrics() if metrics is None else metrics
-    runs = [(r, _io.read_json(os.path.join(r, "config.json"))) for r in find_runs(run_paths)]
+    runs = [(r, _read_run(r, data)) for r in find_runs(run_paths)]
     for rundir, _ in runs:
-        if not os.path.isfile(os.path.join(rundir, "model.keras")):
-            raise ValueError(f"{rundir}: no model.keras (the run has not completed an epoch).")
+        state = os.path.join(rundir, "state.json")
+        if not (os.path.isfile(state) and _io.read_json(state).get("finished")):
+            _note(f"{rundir} is not finished; evaluating its best model so far.")
+    first = {}
+    for rundir, c in runs:
+        key = (c["experiment"], c["model"], c["loss"], int(c["fold"]))
+        if key in first:
+            _note(f"{first[key]} and {rundir} are both {key[0]} fold {key[3]} of "
+                  f"{key[1]}/{key[2]}; the tables pool their cases.")
+        first.setdefault(key, rundir)
     cases, seen_baselines = [], set()
     progress = _io.Progress(len(runs), "evaluate")
     for rundir, config in runs:

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from scripts import _io
+from scripts._io import UsageError
 
 __all__ = ["encode", "load_volumes", "load_model", "predict", "plot_slices"]
 
@@ -50,58 +51,79 @@ def load_volumes(path, spatial=None):
         int8 array `(N, S, S, S)`.
 
     Raises:
-        ValueError: naming the file and what is wrong.
+        UsageError: (a `ValueError`) naming the file and what is wrong.
     """
     if not os.path.isfile(path):
-        raise ValueError(f"--input {path}: file missing. Expected a .npy file of label volumes.")
+        raise UsageError(f"--input {path}: file missing. Expected a .npy file of label volumes.")
     try:
         x = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
-        raise ValueError(f"--input {path}: unreadable as a NumPy .npy array ({e}).") from None
+        raise UsageError(f"--input {path}: unreadable as a NumPy .npy array ({e}).") from None
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[0] == 0:
-        raise ValueError(
+        raise UsageError(
             f"--input {path}: wrong shape. Expected one volume (64, 64, 64) or a stack "
             f"(N, 64, 64, 64) of anatomical label volumes. Received: shape {x.shape}."
         )
-    if spatial is not None and tuple(x.shape[1:]) != tuple(spatial):
-        raise ValueError(
-            f"--input {path}: wrong shape. The model takes volumes of shape "
-            f"{tuple(spatial)}. Received: shape {x.shape[1:]} per volume."
-        )
+    if spatial is not None:
+        _check_spatial(path, x, spatial)
     if x.dtype != bool and not np.issubdtype(x.dtype, np.integer):
         if not np.issubdtype(x.dtype, np.floating) or not np.all(np.round(x) == x):
-            raise ValueError(
+            raise UsageError(
                 f"--input {path}: wrong dtype. Expected integer anatomical labels "
                 f"0..{N_LABELS - 1}. Received: dtype {x.dtype}."
             )
     lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > N_LABELS - 1:
-        raise ValueError(
+    if not (0 <= lo and hi <= N_LABELS - 1):  # NaN fails too
+        raise UsageError(
             f"--input {path}: label out of range. Expected anatomical labels "
             f"0..{N_LABELS - 1}. Received values from {lo:g} to {hi:g}."
         )
     return x.astype(np.int8)
 
 
+def _check_spatial(path, x, spatial):
+    if any(want is not None and want != got for want, got in zip(spatial, x.shape[1:])):
+        raise UsageError(
+            f"--input {path}: wrong shape. The model takes volumes of shape "
+            f"{tuple(spatial)}. Received: shape {x.shape[1:]} per volume."
+        )
+
+
 def load_model(path, architecture="unet", size=64):
     """A model from a `.keras` file, or the original's `.h5` weights loaded
-    into `models3d.get(architecture)` at `size`^3 with one input channel."""
+    into `models3d.get(architecture)` at `size`^3 with one input channel.
+
+    Raises:
+        UsageError: (a `ValueError`) naming the file: missing, of an unknown
+            format, unreadable, or (`.h5`) not matching `architecture`.
+    """
     import keras
 
     import keras_seglosses  # noqa: F401  (registered losses)
     import models3d
 
     if not os.path.isfile(path):
-        raise ValueError(f"--model {path}: file missing.")
+        raise UsageError(f"--model {path}: file missing.")
     if path.endswith(".keras"):
-        return keras.models.load_model(path, compile=False)
+        try:
+            return keras.models.load_model(path, compile=False)
+        except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
+            raise UsageError(
+                f"--model {path}: unreadable as a Keras model ({type(e).__name__}: {e})."
+            ) from None
     if path.endswith((".h5", ".hdf5")):
         model = models3d.get(architecture, input_shape=(size, size, size, 1))
-        models3d.load_original_weights(model, path)
+        try:
+            models3d.load_original_weights(model, path)
+        except ValueError as e:
+            raise UsageError(
+                f"--model {path}: not loadable as an original {architecture} model ({e}). "
+                "Pass the file's architecture with --architecture."
+            ) from None
         return model
-    raise ValueError(
+    raise UsageError(
         f"--model {path}: unknown format. Expected a .keras model or an original "
         "Keras 2 .h5 weight file."
     )
@@ -116,6 +138,7 @@ def plot_slices(x, region, path, max_rows=4):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    red = matplotlib.colors.ListedColormap(["red"])
     n = min(len(x), max_rows)
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
     for i in range(n):
@@ -127,7 +150,7 @@ def plot_slices(x, region, path, max_rows=4):
             ax.imshow(np.take(x[i], centre[a], axis=a).T, cmap="gray", origin="lower",
                       vmin=0, vmax=N_LABELS - 1)
             mask = np.take(region[i], centre[a], axis=a).T
-            ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.6,
+            ax.imshow(np.ma.masked_where(mask == 0, mask), cmap=red, alpha=0.5,
                       origin="lower", vmin=0, vmax=1)
             ax.set_title(f"volume {i}, {title} = {centre[a]}", fontsize=8)
             ax.axis("off")
@@ -145,10 +168,10 @@ def predict(model_path, input_path, out, architecture="unet", batch_size=2, thre
     Returns:
         `(region, probability)` arrays of shape `(N, S, S, S)`.
     """
-    peek = load_volumes(input_path)
-    model = load_model(model_path, architecture, size=peek.shape[1])
+    x = load_volumes(input_path)
+    model = load_model(model_path, architecture, size=x.shape[1])
     shape = tuple(model.input_shape[1:])
-    x = load_volumes(input_path, spatial=shape[:-1])
+    _check_spatial(input_path, x, shape[:-1])
     encoding = "onehot" if shape[-1] == N_LABELS else "scaled"
     prob = model.predict(encode(x, encoding), batch_size=batch_size, verbose=0)
     prob = np.asarray(prob, np.float32)[..., 0]

@@ -19,9 +19,18 @@ that replacement is the commit point. `history.csv` and `model.keras` are
 derived from the committed state and rewritten (atomically) after each commit
 and again when a run resumes, so a run killed at any instant restarts from
 its last committed epoch with `initial_epoch` set: no epoch is repeated in
-the history and none is lost. The counters of `ReduceLROnPlateau` and
-`EarlyStopping` (wait, best, cooldown) and the learning rate are restored
-too, so the schedule continues as if uninterrupted.
+the history and none is lost. What a `.keras` file does not hold is
+restored too, so the resumed run computes what the uninterrupted one would
+have: the counters of `ReduceLROnPlateau` and `EarlyStopping` (wait, best,
+cooldown) and the learning rate; the states of the model's random seed
+generators (dropout masks); and the position in the training stream (one
+endless, seeded stream of batches cut into epochs; a resumed run skips the
+batches the finished epochs consumed, so it sees the same shuffles and
+augmentations). Temporary files a kill left in the middle of a write are
+removed.
+
+`lr_schedule="cosine"` (for short schedules, as the demo's) replaces the
+plateau rule by a cosine decay of the learning rate over the epochs.
 """
 
 import dataclasses
@@ -31,10 +40,12 @@ import os
 import shutil
 
 import keras
+import numpy as np
 
 from scripts import _io, registry
+from scripts._io import UsageError
 
-__all__ = ["TrainConfig", "UsageError", "train", "train_folds", "run_is_finished"]
+__all__ = ["TrainConfig", "UsageError", "train", "run_is_finished"]
 
 STATE = "state.json"
 CONFIG = "config.json"
@@ -46,16 +57,17 @@ RESUME_DIR = ".resume"
 _RESUMABLE_CHANGES = ("distribute", "verbose", "backend")
 
 
-class UsageError(Exception):
-    """A bad command-line value; the command line exits with status 2."""
-
-
 @dataclasses.dataclass
 class TrainConfig:
     """Every setting of one training run (stored as `config.json`).
 
     Defaults are the paper's [000, Sec. V] except `batch_size` (16 here, the
     paper's Myronenko18 setting, 64 for the other models on V100 GPUs).
+    `lr_schedule="plateau"` is the paper's (`ReduceLROnPlateau` with
+    `lr_factor` and `lr_patience`); `"cosine"` instead decays the learning
+    rate from `lr` towards 0 over `epochs` (`cosine_learning_rate`), for
+    short schedules: its last, slow epochs let BatchNormalization's moving
+    statistics settle on the final weights.
     """
 
     data: str
@@ -67,6 +79,7 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 16
     lr: float = 1e-4
+    lr_schedule: str = "plateau"
     lr_factor: float = 0.1
     lr_patience: int = 10
     stop_patience: int = 20
@@ -86,6 +99,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+LR_SCHEDULES = ("plateau", "cosine")
+
+
+def cosine_learning_rate(lr, epoch, epochs):
+    """Learning rate of 0-based `epoch` under the cosine schedule: `lr` at
+    the first epoch, decaying along half a cosine towards 0 after the last
+    (`lr * (1 + cos(pi * epoch / epochs)) / 2`)."""
+    return float(lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)))
+
+
 def run_is_finished(rundir):
     """True when `rundir` holds a completed run."""
     path = os.path.join(rundir, STATE)
@@ -93,6 +116,10 @@ def run_is_finished(rundir):
 
 
 def _differences(old, new):
+    # Settings added to TrainConfig after a run was started default as then.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    old = {**{k: v for k, v in defaults.items() if k in new}, **old}
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
@@ -101,13 +128,30 @@ def _differences(old, new):
     ]
 
 
+def _remove_stale_temporaries(rundir):
+    """Temporary files of the run's own atomic writes that a killed process
+    left (never anything else)."""
+    for name in (STATE, CONFIG, HISTORY, MODEL, os.path.join(RESUME_DIR, "epoch-*.keras")):
+        for path in _io.stale_temporaries(os.path.join(rundir, name)):
+            os.remove(path)
+
+
 def _clear_run(rundir):
     """Remove exactly the files a run writes (never anything else)."""
+    _remove_stale_temporaries(rundir)
     for name in (STATE, CONFIG, HISTORY, MODEL):
         path = os.path.join(rundir, name)
         if os.path.exists(path):
             os.remove(path)
     shutil.rmtree(os.path.join(rundir, RESUME_DIR), ignore_errors=True)
+
+
+def _seed_states(model):
+    """The model's random seed-generator states (dropout, VAE sampling):
+    variables a `.keras` file does not save, in the model's own order."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables
+            if id(v) not in weights and "int" in keras.backend.standardize_dtype(v.dtype)]
 
 
 def _checkpoint_path(rundir, epoch):
@@ -134,29 +178,41 @@ def _plain(value):
     return float(keras.ops.convert_to_numpy(value))
 
 
+# The counters of the schedule callbacks, saved with every epoch and
+# restored on resumption (Keras resets them in `on_train_begin`).
+_COUNTERS = {
+    "reduce_lr": ("wait", "best", "cooldown_counter"),
+    "early_stop": ("wait", "best", "best_epoch", "stopped_epoch"),
+}
+
+
+def _number(value):
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Commits one epoch: checkpoint, then `state.json`, then derived files.
 
-    Must come after `ReduceLROnPlateau` and `EarlyStopping` in the callback
-    list, so that their counters for the epoch are final when saved, and it
-    restores those counters in `on_train_begin` (after theirs reset them).
+    `schedule` maps names of `_COUNTERS` to the run's callbacks
+    (`ReduceLROnPlateau` absent with the cosine schedule). They must come
+    before this callback in the callback list, so that their counters for
+    the epoch are final when saved; this callback restores the counters in
+    `on_train_begin`, after theirs reset them.
     """
 
-    def __init__(self, rundir, state, reduce_lr, early_stop, monitor="val_loss"):
+    def __init__(self, rundir, state, schedule, monitor="val_loss"):
         super().__init__()
         self.rundir = rundir
         self.state = state
-        self.reduce_lr = reduce_lr
-        self.early_stop = early_stop
+        self.schedule = schedule
         self.monitor = monitor
 
     def on_train_begin(self, logs=None):
         saved = self.state.get("callbacks")
         if saved:
-            for attr, value in saved["reduce_lr"].items():
-                setattr(self.reduce_lr, attr, value)
-            for attr, value in saved["early_stop"].items():
-                setattr(self.early_stop, attr, value)
+            for name, callback in self.schedule.items():
+                for attr, value in saved.get(name, {}).items():
+                    setattr(callback, attr, value)
             self.model.optimizer.learning_rate = self.state["learning_rate"]
 
     def on_epoch_end(self, epoch, logs=None):
@@ -168,6 +224,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         ckpt = _checkpoint_path(self.rundir, done)
         with _io.atomic_path(ckpt) as tmp:
             self.model.save(tmp)
+        seeds = [
+            [int(x) for x in keras.ops.convert_to_numpy(v).ravel()]
+            for v in _seed_states(self.model)
+        ]
         current = row.get(self.monitor, math.nan)
         best_value = self.state.get("best_value")
         improved = not math.isnan(current) and (best_value is None or current < best_value)
@@ -176,19 +236,11 @@ class RunCheckpoint(keras.callbacks.Callback):
             epoch=done,
             history=self.state["history"] + [row],
             learning_rate=lr,
+            seed_states=seeds,
             stop_training=bool(self.model.stop_training),
             callbacks={
-                "reduce_lr": {
-                    "wait": int(self.reduce_lr.wait),
-                    "best": float(self.reduce_lr.best),
-                    "cooldown_counter": int(self.reduce_lr.cooldown_counter),
-                },
-                "early_stop": {
-                    "wait": int(self.early_stop.wait),
-                    "best": float(self.early_stop.best),
-                    "best_epoch": int(self.early_stop.best_epoch),
-                    "stopped_epoch": int(self.early_stop.stopped_epoch),
-                },
+                name: {attr: _number(getattr(callback, attr)) for attr in _COUNTERS[name]}
+                for name, callback in self.schedule.items()
             },
         )
         if improved:
@@ -263,7 +315,20 @@ def _training_labels(data, config):
     return data.y[split.train_indices]
 
 
-def _datasets(data, config, targets):
+def _datasets(data, config, targets, initial_epoch=0):
+    """Training and validation data of the fold.
+
+    Training is one endless stream (the seeded, reshuffled and re-augmented
+    passes over the training pairs, one after the other) that Keras cuts
+    into epochs of `steps_per_epoch` batches (default: one pass); a run
+    resumed after `initial_epoch` epochs skips the batches those consumed,
+    so it continues the stream where the uninterrupted run would be.
+    Validation is the same finite set of batches every epoch, so validation
+    losses compare across epochs.
+
+    Returns:
+        `(train, val, steps_per_epoch)`.
+    """
     import cm_dataset
 
     common = dict(
@@ -274,26 +339,35 @@ def _datasets(data, config, targets):
         validation_fraction=config.validation_fraction,
     )
     experiment = registry.EXPERIMENT_NUMBERS[config.experiment]
+    split = cm_dataset.get_split(experiment, config.fold, data.n_bones, data.n_surgeons)
+    n_train, n_val = (len(p) for p in split.train_val(config.validation_fraction))
     train = cm_dataset.make_dataset(
         data, experiment, config.fold, subset="train", augment=config.augment, **common
     )
+    per_pass = int(train.cardinality())
+    if per_pass < 1:
+        raise UsageError(
+            f"Invalid value for --batch-size. Expected at most the {n_train} training pairs "
+            f"of {config.experiment} fold {config.fold} (batches drop the remainder). "
+            f"Received: --batch-size {config.batch_size}"
+        )
+    steps = config.steps_per_epoch or per_pass
+    train = train.repeat()
+    if initial_epoch:
+        train = train.skip(initial_epoch * steps)
     val = cm_dataset.make_dataset(
         data, experiment, config.fold, subset="val", augment=None, **common
     )
-    validation_steps = config.validation_steps
-    if config.steps_per_epoch:
-        train = train.repeat()
     if config.distribute:
         # Every replica needs a non-empty share of every batch, so the last,
         # short validation batch is filled up by cycling through the
         # validation pairs again (at most batch_size - 1 repeated samples).
-        split = cm_dataset.get_split(experiment, config.fold, data.n_bones, data.n_surgeons)
-        n_val = len(split.train_val(config.validation_fraction)[1])
-        validation_steps = validation_steps or -(-n_val // config.batch_size)
-        val = val.unbatch().repeat().batch(config.batch_size, drop_remainder=True)
-    elif validation_steps:
-        val = val.repeat()
-    return train, val, validation_steps
+        n_batches = config.validation_steps or -(-n_val // config.batch_size)
+        val = (val.unbatch().repeat().take(n_batches * config.batch_size)
+               .batch(config.batch_size, drop_remainder=True))
+    elif config.validation_steps:
+        val = val.repeat().take(config.validation_steps)
+    return train, val, steps
 
 
 def _build_model(config, size):
@@ -323,11 +397,11 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
         log: function taking one message string. Defaults to `print`.
 
     Returns:
-        `"finished"`, `"trained"` or `"resumed"`.
+        `"finished"` (left untouched), `"trained"` or `"resumed"`.
 
     Raises:
         UsageError: bad names, folds, data, or a run directory holding a
-            different run.
+            different run. Raised before anything is written.
     """
     import keras_seglosses  # noqa: F401  (registers the losses for loading)
     import models3d  # noqa: F401  (registers the layers for loading)
@@ -337,80 +411,123 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
             f"Invalid value for --model. Expected one of {', '.join(registry.MODELS)}. "
             f"Received: --model {config.model}"
         )
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise UsageError(
+            f"Invalid value for --lr-schedule. Expected one of {', '.join(LR_SCHEDULES)}. "
+            f"Received: --lr-schedule {config.lr_schedule}"
+        )
     try:
         targets = registry.loss_targets(config.loss)
         registry.make_loss(config.loss, **config.loss_config)  # --loss-config checked early
     except ValueError as e:
         raise UsageError(str(e)) from None
-    config_path = os.path.join(out, CONFIG)
-    if overwrite and os.path.isdir(out):
-        _clear_run(out)
-    elif run_is_finished(out):
-        log(f"{out}: finished run, left untouched (pass --overwrite to train it again).")
-        return "finished"
-    elif os.path.isfile(config_path):
-        diff = _differences(_io.read_json(config_path), config.to_json())
-        if diff:
-            raise UsageError(
-                f"{out} holds an unfinished run with other settings ({'; '.join(diff)}). "
-                "Run the same command to resume it, pass --overwrite to replace it, "
-                "or choose another --out."
-            )
     data = _load_data(config.data)
     _check_fold(config, data)
-    os.makedirs(out, exist_ok=True)
-    _io.write_json(config_path, {**config.to_json(), "backend": keras.backend.backend()})
-
-    state_path = os.path.join(out, STATE)
-    state = _io.read_json(state_path) if os.path.isfile(state_path) else None
+    config_path = os.path.join(out, CONFIG)
+    if not overwrite and os.path.isfile(config_path):
+        try:
+            saved = _io.read_json(config_path)
+        except ValueError as e:
+            raise UsageError(f"{config_path}: unreadable ({e}). Pass --overwrite to replace "
+                             "the run, or choose another --out.") from None
+        diff = _differences(saved, config.to_json())
+        finished = run_is_finished(out)
+        if diff:
+            raise UsageError(
+                f"{out} holds {'a finished' if finished else 'an unfinished'} run with "
+                f"other settings ({'; '.join(diff)}). Run its own command to "
+                f"{'keep' if finished else 'resume'} it, pass --overwrite to replace it, "
+                "or choose another --out."
+            )
+        if finished:
+            log(f"{out}: finished run, left untouched (pass --overwrite to train it again).")
+            return "finished"
     scope, n_devices = _distribution(config)
-    if config.distribute:
-        engine = "DataParallel" if keras.backend.backend() == "jax" else "MirroredStrategy"
-        log(f"{out}: {engine} over {n_devices} devices")
     if config.batch_size % n_devices:
         raise UsageError(
             f"--batch-size {config.batch_size} must be a multiple of the {n_devices} "
             "devices --distribute trains on."
         )
-    loss_kwargs = dict(config.loss_config)
+    state_path = os.path.join(out, STATE)
+    state = None
+    if not overwrite and os.path.isfile(state_path):
+        state = _io.read_json(state_path)
+    epoch = state["epoch"] if state else 0
+    # First: the pipeline's shuffles and draws depend on TensorFlow's global
+    # seed as well as on their own.
+    keras.utils.set_random_seed(config.seed)
+    datasets = None
+    if epoch < config.epochs and not (state and state.get("stop_training")):
+        datasets = _datasets(data, config, targets, epoch)  # checks --batch-size
     pos_weight = None
     if config.loss == "wcel":
         from keras_seglosses import pos_weight_from_labels
 
         pos_weight = pos_weight_from_labels(_training_labels(data, config))
-    keras.utils.set_random_seed(config.seed)
-    with scope:
-        if state and state["epoch"] > 0:
-            model = keras.models.load_model(_checkpoint_path(out, state["epoch"]))
-            _refresh_derived(out, state)
-            log(f"{out}: resuming after epoch {state['epoch']} of {config.epochs}.")
-        else:
-            state = {"epoch": 0, "history": [], "finished": False}
-            model = _build_model(config, data.size)
+    model = None
+    if not epoch:
+        with scope:
             try:
-                loss = registry.make_loss(config.loss, pos_weight=pos_weight, **loss_kwargs)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
+                model = _build_model(config, data.size)
+            except ValueError as e:  # settings the architecture refuses
+                raise UsageError(f"--model {config.model}: {e}") from None
+            loss = registry.make_loss(config.loss, pos_weight=pos_weight,
+                                      **config.loss_config)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.lr), loss=loss)
+        state = {"epoch": 0, "history": [], "finished": False}
+
+    # Everything checked: from here on the run directory is written.
+    if overwrite and os.path.isdir(out):
+        _clear_run(out)
+    os.makedirs(out, exist_ok=True)
+    _remove_stale_temporaries(out)
+    _io.write_json(config_path, {**config.to_json(), "backend": keras.backend.backend()})
+    if config.distribute:
+        engine = "DataParallel" if keras.backend.backend() == "jax" else "MirroredStrategy"
+        log(f"{out}: {engine} over {n_devices} devices")
+    if model is None:
+        with scope:
+            model = keras.models.load_model(_checkpoint_path(out, epoch))
+            seeds = _seed_states(model)
+            if len(seeds) == len(state.get("seed_states", ())):
+                for v, value in zip(seeds, state["seed_states"]):
+                    v.assign(np.asarray(value, v.dtype).reshape(v.shape))
+        _refresh_derived(out, state)
+        log(f"{out}: resuming after epoch {epoch} of {config.epochs}.")
     status = "resumed" if state["epoch"] else "trained"
     state["pos_weight"] = pos_weight
-    if state["epoch"] < config.epochs and not state.get("stop_training"):
-        train_ds, val_ds, validation_steps = _datasets(data, config, targets)
-        reduce_lr = keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=config.lr_factor, patience=config.lr_patience
-        )
-        early_stop = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.stop_patience
-        )
-        checkpoint = RunCheckpoint(out, state, reduce_lr, early_stop)
+    if datasets is not None:
+        train_ds, val_ds, steps = datasets
+        if keras.backend.backend() != "tensorflow":
+            # Each iterator of a tf.data pipeline reshuffles afresh, and
+            # Keras on JAX and torch opens an extra one (to build the model
+            # symbolically) in a way that differs between a fresh and a
+            # resumed run. Handing over one iterator, as a generator, keeps
+            # the stream exactly as planned; these backends convert every
+            # batch to NumPy anyway.
+            train_ds = (batch for batch in train_ds.as_numpy_iterator())
+        schedule = {
+            "early_stop": keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.stop_patience
+            )
+        }
+        if config.lr_schedule == "plateau":
+            schedule["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=config.lr_factor, patience=config.lr_patience
+            )
+        else:
+            schedule["cosine"] = keras.callbacks.LearningRateScheduler(
+                lambda epoch: cosine_learning_rate(config.lr, epoch, config.epochs)
+            )
+        checkpoint = RunCheckpoint(out, state, {k: v for k, v in schedule.items()
+                                                if k in _COUNTERS})
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=config.epochs,
             initial_epoch=state["epoch"],
-            steps_per_epoch=config.steps_per_epoch,
-            validation_steps=validation_steps,
-            callbacks=[reduce_lr, early_stop, checkpoint, *callbacks],
+            steps_per_epoch=steps,
+            callbacks=[*schedule.values(), checkpoint, *callbacks],
             verbose=config.verbose,
             shuffle=False,  # the pipeline shuffles, reproducibly
         )

@@ -318,7 +318,9 @@ class DiceBoundary(_DicePlus):
     `L = alpha Dice + (1 - alpha) Boundary` [004, Sec. 3.2]. `alpha` is a
     non-trainable `keras.Variable`: `BoundaryWeightSchedule` (in
     `keras_seglosses.callbacks`) lowers it from 1 by 0.01 per epoch down to
-    0.01, and `loss.alpha.assign(a)` sets it by hand.
+    0.01, and `loss.alpha.assign(a)` sets it by hand (on JAX, a compiled
+    train step keeps the value it was traced with: rebuild it with
+    `model.make_train_function(force=True)`, as the callback does).
 
     Args:
         alpha: float in [0, 1], the initial Dice weight. Defaults to `1.0`.
@@ -434,7 +436,10 @@ class ExpLog(SegLoss):
     s_i^c)^gamma`, `Dice_c = (2 sum g s + e) / (sum (g + s) + e)` per class,
     c in the second term the true class of voxel i; `w_c` from
     `class_weights` (1 when `None`). The exponents make the loss focus on
-    poorly segmented classes and voxels.
+    poorly segmented classes and voxels. Probabilities are clipped to
+    `[eps, 1 - eps]` as in Keras, so a perfect probability map scores
+    `w_ce (-log(1 - eps))^gamma` (about 0.0017 with the defaults), not 0;
+    logits (`from_logits=True`) have no such floor.
 
     Args:
         w_dice: float >= 0. Defaults to `0.8`.

@@ -12,12 +12,19 @@ Design decisions (also in README):
   contributes nothing, as the paper does [003, Sec. 5].
 - Combination of the per-region values, `region_reduction`: `"sum"` is the
   paper's Eq. 4/6 (the sum over sub-regions; then the mean over classes, as
-  the package's other overlap losses); its scale grows with the number of
-  cells that hold foreground, which matters when it is combined with other
-  losses or compared across grids. `"mean"` averages over the contributing
-  (sub-region, class) pairs, so the loss stays in [0, 1] whatever the grid.
-  Both equal the squared-denominator Dice loss with `grid=1` when every
-  class is present. Defaults to the paper.
+  the package's other overlap losses); `"mean"` averages over the
+  contributing (sub-region, class) pairs, so the loss stays in [0, 1]
+  whatever the grid. Both equal the squared-denominator Dice loss of
+  [003, Eq. 2] with `grid=1` when every class is present.
+  The default is `"sum"`: it is the loss the paper trains and tunes (its
+  A, B and learning rates go with it), and only with it is every
+  sub-region's gradient exactly that of a Dice (Tversky) loss of that
+  sub-region alone, the independence Sec. 3.2 argues for. `"mean"` divides
+  each sub-region's gradient by the number of contributing pairs of its
+  sample, so a sub-region of a sample with a large object weighs less than
+  one of a sample with a small object. Its scale (up to 16^3 = 4096 cells
+  hold foreground in the paper's setting) is what `"mean"` is for: combining
+  with other losses or comparing grids.
 - Adaptive weights [003, Eq. 7-8]: alpha and beta are functions of the
   prediction, and by default gradients flow through them (the paper treats
   them as part of the loss, and the public ports do not detach them);
@@ -116,14 +123,13 @@ def block_sums(x, grid):
     return ops.reshape(x, (-1, n_cells, channels))
 
 
-def _region_statistics(y_true, y_pred, grid, from_logits, name, squares):
-    """Labels and probabilities prepared, then the per-cell sums
-    `sum p g, sum p, sum g` and, when `squares`, `sum p^2 + g^2`, each
-    `(batch, R, C)`."""
+def _cell_sums(y_true, y_pred, grid, from_logits, name, statistics):
+    """Labels `g` and probabilities `p` prepared, then the per-cell sums of
+    each per-voxel term of `statistics(p, g)` (a list), each `(batch, R, C)`."""
     _, g, p = prepare(y_true, y_pred, from_logits, name)
     grid = _grid_per_axis(grid, tuple(p.shape[1:-1]), name)
+    parts = statistics(p, g)
     # One fused reduction of the statistics stacked on the channel axis.
-    parts = [p * g, p, g] + ([p * p + g * g] if squares else [])
     sums = block_sums(ops.concatenate(parts, axis=-1), grid)
     c = p.shape[-1]
     return tuple(sums[..., i * c : (i + 1) * c] for i in range(len(parts)))
@@ -160,8 +166,10 @@ def region_specific_dice(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    name = "RegionSpecificDice"
-    pg, _, sg, squares = _region_statistics(y_true, y_pred, grid, from_logits, name, True)
+    pg, sg, squares = _cell_sums(
+        y_true, y_pred, grid, from_logits, "RegionSpecificDice",
+        lambda p, g: [p * g, g, p * p + g * g],
+    )
     present = sg > 0.5
     loss = 1.0 - (2.0 * pg + smooth) / _safe(squares + smooth, present)
     return _combine(loss, present, region_reduction)
@@ -171,16 +179,28 @@ def adaptive_tversky_weights(fp, fn, A=0.3, B=0.4, smooth=1e-7):
     """Adaptive Tversky weights of one sub-region [003, Eq. 7-8].
 
     `alpha = A + B (FP + eps) / (FP + FN + eps)`,
-    `beta = A + B (FN + eps) / (FP + FN + eps)`; both lie in `[A, A + B]`.
-    When `FP + FN + eps = 0` (a perfect sub-region with eps = 0) both are
-    `A + B / 2`, the value Eq. 7-8 give for FP = FN.
+    `beta = A + B (FN + eps) / (FP + FN + eps)`, as printed in the paper
+    (eps in both numerators); both lie in `[A, A + B]`. A sub-region without
+    errors (FP = FN = 0) thus gets `alpha = beta = A + B` when eps > 0; with
+    eps = 0, where Eq. 7-8 are 0/0, both are `A + B / 2`, their value for
+    FP = FN > 0. Either way such a sub-region's loss is 0.
 
     Args:
         fp: soft false positives `sum p (1 - g)`, any shape.
         fn: soft false negatives `sum (1 - p) g`, the same shape.
+        A: float, the lower end of the weights' range. Defaults to `0.3`.
+        B: float, the width of the weights' range. Defaults to `0.4`.
+        smooth: float >= 0, eps. Defaults to `1e-7`.
 
     Returns:
         Tuple `(alpha, beta)` of the shape of `fp`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> alpha, beta = adaptive_tversky_weights(np.array([3.0]), np.array([1.0]), smooth=0.0)
+    >>> [round(float(alpha[0]), 4), round(float(beta[0]), 4)]
+    [0.6, 0.4]
     """
     total = fp + fn + smooth
     # FP = FN = 0 with smooth = 0: the FP = FN case, alpha = beta = A + B/2.
@@ -213,23 +233,36 @@ def adaptive_region_specific_tversky(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    name = "AdaptiveRegionSpecificTversky"
-    tp, sp, sg = _region_statistics(y_true, y_pred, grid, from_logits, name, False)
-    # Rounding can make the differences slightly negative.
-    fp = ops.maximum(sp - tp, 0.0)
-    fn = ops.maximum(sg - tp, 0.0)
+    # FP and FN summed directly rather than as `sum p - TP`, `sum g - TP`:
+    # in a large, well-predicted float32 cell those differences cancel (a
+    # 64^3 cell with FP = 0.065 gave 0.078).
+    tp, fp, fn = _cell_sums(
+        y_true, y_pred, grid, from_logits, "AdaptiveRegionSpecificTversky",
+        lambda p, g: [p * g, p * (1.0 - g), (1.0 - p) * g],
+    )
     alpha, beta = adaptive_tversky_weights(fp, fn, A, B, smooth)
     if not adaptive_gradient:
         alpha, beta = ops.stop_gradient(alpha), ops.stop_gradient(beta)
-    present = sg > 0.5
+    present = tp + fn > 0.5  # sum g
     denominator = tp + alpha * fp + beta * fn + smooth
     loss = 1.0 - (tp + smooth) / _safe(denominator, present)
     return _combine(loss, present, region_reduction)
 
 
 # -------------------------------------------------------------------- classes
+class _GridLoss(SegLoss):
+    """Base of the two classes: a tuple `grid` is serialized as a list (plain
+    JSON; `_check_grid` turns it back into a tuple)."""
+
+    def get_config(self):
+        config = super().get_config()
+        if isinstance(self.grid, tuple):
+            config["grid"] = list(self.grid)
+        return config
+
+
 @register
-class RegionSpecificDice(SegLoss):
+class RegionSpecificDice(_GridLoss):
     """Region-specific Dice loss of Chen et al.
 
     The volume is divided evenly into `grid` sub-regions per spatial axis
@@ -250,10 +283,12 @@ class RegionSpecificDice(SegLoss):
         grid: int or tuple of ints, sub-regions per spatial axis; every
             spatial dimension must be divisible by it. Defaults to `16`.
         smooth: float >= 0, the eps of Eq. 4. Defaults to `1e-7`.
-        region_reduction: `"sum"` over sub-regions (the paper's Eq. 4; its
-            scale grows with the number of sub-regions holding foreground) or
+        region_reduction: `"sum"` over sub-regions (the paper's Eq. 4: each
+            sub-region's gradient is that of its own Dice loss; the scale
+            grows with the number of sub-regions holding foreground) or
             `"mean"` over the contributing (sub-region, class) pairs (a loss
-            in [0, 1] independent of the grid). Defaults to `"sum"`.
+            in [0, 1] whatever the grid, for compound losses or comparing
+            grids). Defaults to `"sum"`, the paper's.
         from_logits: bool; sigmoid for one channel, softmax for several.
             Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
@@ -297,12 +332,6 @@ class RegionSpecificDice(SegLoss):
         )
         self.from_logits = bool(from_logits)
 
-    def get_config(self):
-        config = super().get_config()
-        if isinstance(self.grid, tuple):
-            config["grid"] = list(self.grid)
-        return config
-
     def call(self, y_true, y_pred):
         return region_specific_dice(
             y_true,
@@ -315,7 +344,7 @@ class RegionSpecificDice(SegLoss):
 
 
 @register
-class AdaptiveRegionSpecificTversky(SegLoss):
+class AdaptiveRegionSpecificTversky(_GridLoss):
     """Adaptive region-specific Tversky loss of Chen et al.
 
     In each sub-region `V_k` of an even grid and for each class, a Tversky
@@ -393,18 +422,19 @@ class AdaptiveRegionSpecificTversky(SegLoss):
         self.grid = _check_grid(grid)
         self.A = float(check_number("A", A, low=0))
         self.B = float(check_number("B", B, low=0))
+        if self.A + self.B <= 0:
+            # alpha = beta = 0: the loss would be 1 - (TP + eps) / (TP + eps),
+            # identically 0 (or 0/0 with smooth = 0).
+            raise ValueError(
+                "Invalid values for arguments `A` and `B`. Expected A + B > 0. "
+                f"Received: A={A!r}, B={B!r}"
+            )
         self.smooth = float(check_number("smooth", smooth, low=0))
         self.region_reduction = check_choice(
             "region_reduction", region_reduction, {"sum", "mean"}
         )
         self.adaptive_gradient = bool(adaptive_gradient)
         self.from_logits = bool(from_logits)
-
-    def get_config(self):
-        config = super().get_config()
-        if isinstance(self.grid, tuple):
-            config["grid"] = list(self.grid)
-        return config
 
     def call(self, y_true, y_pred):
         return adaptive_region_specific_tversky(

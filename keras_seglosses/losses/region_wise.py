@@ -57,6 +57,10 @@ def region_wise(
     region-wise map: read from `y_true` when it carries one at `map_index`,
     computed from the labels with `keras_seglosses.maps` otherwise.
 
+    Args:
+        y_true, y_pred: as `RegionWise`.
+        map, spacing, map_index, from_logits: see `RegionWise`.
+
     Returns:
         Tensor of shape `(batch,)`.
     """

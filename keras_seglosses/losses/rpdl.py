@@ -14,12 +14,12 @@ from keras_seglosses._core import (
     check_number,
     per_sample,
     prepare,
-    region_dot,
-    region_sum,
+    probabilities,
     register,
+    voxel_dot,
     voxel_mean,
 )
-from keras_seglosses.targets import require_map
+from keras_seglosses.targets import require_map_columns, voxel_columns
 
 __all__ = [
     "weighted_binary_crossentropy",
@@ -34,12 +34,16 @@ __all__ = [
 
 
 def _log_probabilities(y_pred, from_logits):
-    """`(log P, log(1 - P))` in float32, clipped as Keras does."""
+    """`(log P, log(1 - P))` in float32, clipped as Keras does.
+
+    One logit channel goes through `log_sigmoid` (exact, no clipping); several
+    are a softmax across channels (SPEC section 2), clipped like probabilities.
+    """
     y_pred = ops.cast(y_pred, "float32")
-    if from_logits:
+    if from_logits and y_pred.shape[-1] == 1:
         return ops.log_sigmoid(y_pred), ops.log_sigmoid(-y_pred)
     eps = keras.config.epsilon()
-    p = ops.clip(y_pred, eps, 1.0 - eps)
+    p = ops.clip(probabilities(y_pred, from_logits), eps, 1.0 - eps)
     return ops.log(p), ops.log(1.0 - p)
 
 
@@ -66,6 +70,12 @@ def weighted_binary_crossentropy(
     return voxel_mean(ce)
 
 
+def _class_sums(columns, fn):
+    """`fn` on each class's voxel columns, stacked on a last class axis:
+    `(C,)` (batch pooled) or `(batch, C)`."""
+    return ops.stack([fn(*cols) for cols in zip(*columns)], axis=-1)
+
+
 def dice(
     y_true,
     y_pred,
@@ -84,12 +94,14 @@ def dice(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, y, p = prepare(y_true, y_pred, from_logits, "Dice")
-    overlap = region_sum(y * p, batch)
+    y_true, _, p = prepare(y_true, y_pred, from_logits, "Dice")
+    c = p.shape[-1]
+    cols = (voxel_columns(y_true, batch)[:c], voxel_columns(p, batch))
+    overlap = _class_sums(cols, voxel_dot)
     if squared:
-        total = region_sum(y * y + p * p, batch)
+        total = _class_sums(cols, lambda y, q: voxel_dot(y, y) + voxel_dot(q, q))
     else:
-        total = region_sum(y + p, batch)
+        total = _class_sums(cols, lambda y, q: ops.sum(y, -1) + ops.sum(q, -1))
     loss = 1.0 - (2.0 * overlap + smooth) / (total + smooth)
     return per_sample(loss, p, batch, include_background)
 
@@ -98,19 +110,26 @@ def reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logits=Fals
     """Per-sample Reward-Penalty Dice loss [000, Eq. 3].
 
     `1 - (2 sum y P M + s) / (sum y |M| + sum P |M| + s)` with the reward-penalty
-    map M packed in `y_true` after the labels; the mean over classes.
+    map M packed in `y_true` after the labels; the mean over classes. Labels
+    must be non-negative (binary, one-hot or soft).
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, y, p = prepare(y_true, y_pred, from_logits, "RewardPenaltyDice")
-    m = require_map(y_true, p.shape[-1], 0, "RewardPenaltyDice", "reward-penalty map")
-    # Labels are non-negative, so y|M| = |yM|: one product of the constant
-    # target serves both the numerator and the denominator, and the terms
-    # involving P are contractions (see `region_dot`).
-    ym = y * m
-    overlap = region_dot(ym, p, batch)
-    total = region_sum(ops.abs(ym), batch) + region_dot(ops.abs(m), p, batch)
+    y_true, _, p = prepare(y_true, y_pred, from_logits, "RewardPenaltyDice")
+    ys, ms = require_map_columns(
+        y_true, p.shape[-1], 0, batch, "RewardPenaltyDice", "reward-penalty map"
+    )
+
+    def sums(y, m, q):
+        # y >= 0, so y|M| = |yM|: one product of the (constant) target serves
+        # numerator and denominator; P meets only yM and |M|, so the backward
+        # pass is `a yM + b |M|` and y P M is never formed.
+        ym = y * m
+        overlap = voxel_dot(ym, q)
+        return ops.stack([overlap, ops.sum(ops.abs(ym), -1) + voxel_dot(ops.abs(m), q)])
+
+    overlap, total = ops.unstack(_class_sums((ys, ms, voxel_columns(p, batch)), sums), axis=0)
     loss = 1.0 - (2.0 * overlap + smooth) / (total + smooth)
     return per_sample(loss, p, batch)
 
@@ -124,9 +143,11 @@ def legacy_reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logi
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, h, p = prepare(y_true, y_pred, from_logits, "LegacyRewardPenaltyDice")
-    overlap = region_sum(h * p, batch)
-    total = region_sum(ops.abs(h) + p, batch)
+    y_true, _, p = prepare(y_true, y_pred, from_logits, "LegacyRewardPenaltyDice")
+    c = p.shape[-1]
+    cols = (voxel_columns(y_true, batch)[:c], voxel_columns(p, batch))
+    overlap = _class_sums(cols, voxel_dot)
+    total = _class_sums(cols, lambda h, q: ops.sum(ops.abs(h), -1) + ops.sum(q, -1))
     loss = 1.0 - (2.0 * overlap + smooth) / (total + smooth)
     return per_sample(loss, p, batch)
 
@@ -137,13 +158,18 @@ class WeightedBinaryCrossentropy(SegLoss):
     """Weighted binary cross entropy of the RPDL paper.
 
     `WCEL = -(1/N) sum_n [w y_n log P_n + (1 - y_n) log(1 - P_n)]`, N the
-    voxels of a sample; P is clipped to `[eps, 1 - eps]`.
+    voxels (times channels) of a sample, so Keras' mean over the batch gives
+    the paper's mean over the mini-batch. Probabilities are clipped to
+    `[eps, 1 - eps]` (`keras.config.epsilon()`); one logit channel uses the
+    exact log-sigmoid, several a softmax across channels.
 
-    The released code used `w = 23.485` (`rpmap.ORIGINAL_POS_WEIGHT`, its
-    data's background/foreground ratio) and summed over voxels instead of
-    averaging: `voxel_reduction="sum"` (and Keras' `reduction="sum"` to sum
-    over the batch as well) reproduces it. `pos_weight_from_labels(y)` computes
-    the ratio for your data.
+    The released code used `w = 23.485` (`keras_seglosses.ORIGINAL_POS_WEIGHT`,
+    its data's background/foreground ratio), clipped at `1e-6` and summed over
+    all voxels of the batch instead of averaging. With
+    `keras.config.set_epsilon(1e-6)`,
+    `WeightedBinaryCrossentropy(ORIGINAL_POS_WEIGHT, voxel_reduction="sum",
+    reduction="sum")` reproduces it. `pos_weight_from_labels(y)` computes the
+    ratio for your data.
 
     Args:
         pos_weight: float >= 0, the weight w of foreground voxels. Defaults to

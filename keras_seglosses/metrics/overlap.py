@@ -77,6 +77,16 @@ class RPD(_ThresholdMetric):
         threshold: float in [0, 1]. Defaults to `0.5`.
         name, dtype: as `keras.metrics.Metric`.
 
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_seglosses import pack_targets
+    >>> y = np.array([[[1.0], [1.0], [0.0]]]); M = np.array([[[1.0], [0.5], [-1.0]]])
+    >>> m = RPD()
+    >>> m.update_state(pack_targets(y, M), np.array([[[0.9], [0.2], [0.7]]]))
+    >>> round(float(m.result()), 4)   # 2 * 1 / (1.5 + 2)
+    0.5714
+
     Reference:
         He et al., IJCNN 2020 [000, Eq. 6].
     """

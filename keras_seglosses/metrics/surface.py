@@ -91,10 +91,11 @@ class HD95(_SurfaceMetric):
 
     >>> import numpy as np
     >>> y = np.zeros((1, 8, 8, 1)); y[0, 2:6, 2:6] = 1
-    >>> m = HD95()
-    >>> m.update_state(y, y)
+    >>> p = np.zeros((1, 8, 8, 1)); p[0, 2:6, 3:7] = 1  # one column over
+    >>> m = HD95(spacing=(1.0, 2.0))
+    >>> m.update_state(y, p)
     >>> float(m.result())
-    0.0
+    2.0
 
     Reference:
         Chen et al., TPAMI 2023 [003, Eq. 13].
@@ -146,10 +147,11 @@ class NSD(_SurfaceMetric):
 
     >>> import numpy as np
     >>> y = np.zeros((1, 8, 8, 1)); y[0, 2:6, 2:6] = 1
-    >>> m = NSD(tolerance=1.0)
-    >>> m.update_state(y, y)
+    >>> p = np.zeros((1, 8, 8, 1)); p[0, 2:6, 3:7] = 1
+    >>> m = NSD(tolerance=0.5)  # half of each boundary lies on the other
+    >>> m.update_state(y, p)
     >>> float(m.result())
-    1.0
+    0.5
 
     Reference:
         Ma et al., "Loss odyssey" [004, 3.3.2].
@@ -195,10 +197,11 @@ class ASD(_SurfaceMetric):
 
     >>> import numpy as np
     >>> y = np.zeros((1, 8, 8, 1)); y[0, 2:6, 2:6] = 1
+    >>> p = np.zeros((1, 8, 8, 1)); p[0, 2:6, 3:7] = 1
     >>> m = ASD()
-    >>> m.update_state(y, y)
+    >>> m.update_state(y, p)
     >>> float(m.result())
-    0.0
+    0.5
 
     Reference:
         Chen et al., TPAMI 2023 [003, Eq. 12].

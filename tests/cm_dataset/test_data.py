@@ -143,3 +143,75 @@ def test_cmdata_validation():
         d.index(0, 3)
     with pytest.raises(ValueError, match="`bone`"):
         d.index(-1, 0)
+
+
+@pytest.fixture
+def no_writes(monkeypatch):
+    """Fail any attempt to create, open for writing, rename or delete a file
+    under a watched folder (the tests run as root, where a read-only mode
+    alone stops nothing)."""
+    import builtins
+
+    watched = []
+
+    def inside(path):
+        try:
+            p = os.path.realpath(os.fspath(path))
+        except TypeError:  # a file descriptor
+            return False
+        return any(p == w or p.startswith(w + os.sep) for w in watched)
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if inside(file) and any(c in mode for c in "wax+"):
+            raise AssertionError(f"write attempt: open({file!r}, {mode!r})")
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        if inside(path) and flags & writing:
+            raise AssertionError(f"write attempt: os.open({path!r})")
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    for name in ("replace", "rename", "remove", "unlink", "mkdir", "rmdir"):
+        real = getattr(os, name)
+
+        def guarded(*args, _real=real, _name=name, **kwargs):
+            if any(inside(a) for a in args if isinstance(a, (str, os.PathLike))):
+                raise AssertionError(f"write attempt: os.{_name}{args!r}")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, guarded)
+    return lambda folder: watched.append(os.path.realpath(folder))
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_load_never_writes_even_to_a_read_only_folder(tmp_path, no_writes, valid):
+    x, y = _tiny()
+    if not valid:
+        y[0, 0, 0, 0] = 5
+    _write(tmp_path, x, y)
+    before = _snapshot(tmp_path), os.stat(tmp_path).st_mtime_ns
+    os.chmod(tmp_path, 0o555)
+    try:
+        no_writes(tmp_path)
+        if valid:
+            d = load(tmp_path)
+            np.testing.assert_array_equal(d.x, x)
+        else:
+            with pytest.raises(ValueError, match="not binary"):
+                load(tmp_path)
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert (_snapshot(tmp_path), os.stat(tmp_path).st_mtime_ns) == before
+
+
+def test_write_guard_can_fail(tmp_path, no_writes):
+    """The guard of the previous test does catch a write (it can fail)."""
+    no_writes(tmp_path)
+    x, y = _tiny()
+    with pytest.raises(AssertionError, match="write attempt"):
+        CMData(x, y, n_bones=2, n_surgeons=3).save(tmp_path)

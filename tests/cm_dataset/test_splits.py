@@ -109,3 +109,30 @@ def test_exp2_maps_never_see_the_held_out_surgeon(data):
 def test_maps_check_data_size(data):
     with pytest.raises(ValueError, match="argument `data`"):
         leave_one_bone_out(1, n_bones=3).train_maps(data)
+
+
+def test_evaluation_pairs_follow_spec_section_8():
+    for fold in (1, 9):
+        s = leave_one_bone_out(fold)
+        assert s.evaluation_pairs == tuple((fold - 1, k) for k in range(7)) == s.test
+    for fold in (1, 7):
+        s = leave_one_surgeon_out(fold)
+        want = tuple((b, k) for b in range(9) for k in range(7) if k != fold - 1)
+        assert s.evaluation_pairs == want and len(want) == 54
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, name",
+    [
+        (leave_one_bone_out, {"n_bones": 1}, "n_bones"),
+        (leave_one_surgeon_out, {"n_surgeons": 1}, "n_surgeons"),
+        (leave_one_bone_out, {"n_surgeons": 0}, "n_surgeons"),
+        (leave_one_surgeon_out, {"n_bones": 2.0}, "n_bones"),
+    ],
+)
+def test_invalid_sizes(make, kwargs, name):
+    with pytest.raises(ValueError, match=f"argument `{name}`"):
+        make(1, **kwargs)
+    # One surgeon (Exp. 1) or one bone (Exp. 2) is a valid, if small, data set.
+    assert len(leave_one_bone_out(1, n_bones=2, n_surgeons=1).test) == 1
+    assert len(leave_one_surgeon_out(1, n_bones=1, n_surgeons=2).test) == 1

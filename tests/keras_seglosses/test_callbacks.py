@@ -27,7 +27,7 @@ def tiny_model():
 def test_compiled_fit_follows_the_schedule(rng):
     """With a zero learning rate the predictions stay fixed, so each epoch's
     loss is `alpha_e Dice + (1 - alpha_e) Boundary` of the same outputs: the
-    compiled step must read the new alpha every epoch."""
+    compiled train and test steps must read the new alpha every epoch."""
     x = rng.normal(size=(2, 6, 6, 1)).astype("f4")
     y = (x > 0.2).astype("f4")
     model = tiny_model()
@@ -35,13 +35,15 @@ def test_compiled_fit_follows_the_schedule(rng):
     jit = "auto" if keras.backend.backend() == "torch" else True
     model.compile(keras.optimizers.SGD(0.0), loss=loss, jit_compile=jit)
     schedule = BoundaryWeightSchedule(start=1.0, step=0.5, minimum=0.2)
-    history = model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[schedule])
+    history = model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[schedule],
+                        validation_data=(x, y))
     pred = model.predict(x, verbose=0)
     dice = float(ks.Dice()(y, pred))
     boundary = float(ks.Boundary()(y, pred))
     alphas = [1.0, 0.5, 0.2]
     expected = [a * dice + (1 - a) * boundary for a in alphas]
     np.testing.assert_allclose(history.history["loss"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(history.history["val_loss"], expected, rtol=1e-4, atol=1e-6)
     assert abs(float(keras.ops.convert_to_numpy(loss.alpha)) - 0.2) < 1e-7
 
 

@@ -157,6 +157,37 @@ def test_compiled_gradient_is_finite_and_matches_reference(case, rng, jit, autod
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("case", ["dice_ce", "dice_focal", "dice_topk", "dice_hd"])
+def test_gradient_matches_reference(case, rng, autodiff):
+    y, p, _ = make(rng, "softmax3d")
+    factory, ref = CASES[case]
+    loss = factory()
+    y32, p32 = y.astype("f4"), p.astype("f4")
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(y32, x)))(p32)
+    # away from 0.5, so that d_S (no gradient) does not change under the step
+    points = [i for i in rng.permutation(p.size) if abs(p.flat[i] - 0.5) > 1e-3][:8]
+    for i in zip(*np.unravel_index(points, p.shape)):
+        hi, lo = p.copy(), p.copy()
+        hi[i] += 1e-6
+        lo[i] -= 1e-6
+        expected = (ref(y, hi).sum() - ref(y, lo).sum()) / 2e-6
+        np.testing.assert_allclose(grad[i], expected, rtol=2e-3, atol=2e-5)
+
+
+def test_perfect_prediction_is_minimal(rng):
+    for kind in KINDS:
+        y, p, _ = make(rng, kind)
+        for case, (factory, _) in CASES.items():
+            loss = factory()
+            best = float(loss(y, y))
+            # ExpLog's CE term is (-log s)^0.3 at s = 1 - eps (Keras' clipping)
+            floor = 0.2 * (-np.log(np.float32(1 - EPS))) ** 0.3 if case == "exp_log" else 0.0
+            if case != "dice_boundary":  # its minimum is the boundary term's
+                assert abs(best - floor) < 1e-5, (case, kind, best)
+            for other in (p, np.clip(y + 0.2 * p, 0, 1), 1 - y):
+                assert float(loss(y, other)) >= best - 1e-6, (case, kind)
+
+
 def test_general_compound_is_the_weighted_sum(rng):
     y, p, _ = make(rng, "sigmoid2d")
     members = [
@@ -252,5 +283,6 @@ def test_one_compiled_fit_step_with_every_loss(rng, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)  # no custom_objects: all registered
     np.testing.assert_allclose(
-        float(loaded.loss(y, loaded(x))), float(model.loss(y, model(x))), rtol=1e-5
+        float(loaded.loss(y, loaded.predict(x, verbose=0))),
+        float(model.loss(y, model.predict(x, verbose=0))), rtol=1e-5,
     )

@@ -7,6 +7,7 @@ from keras import ops
 from scipy import ndimage
 
 from keras_seglosses.ops import distance_transform, signed_distance, surface, surface_distances
+from keras_seglosses.ops.distance import _squared_distance
 
 CASES = [
     ((2, 9, 13), (0.7, 1.9)),
@@ -65,6 +66,26 @@ def test_distance_transform_long_axes(rng):
     fg[0, 36, 2, 20] = True
     got = ops.convert_to_numpy(distance_transform(fg, spacing=2.0))
     np.testing.assert_allclose(got, edt(fg, (2.0, 2.0, 2.0)), rtol=1e-6)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize(
+    "radius,spacing",
+    [(0.0, (0.6, 1.3, 0.6)), (1.2, (0.6, 1.3, 0.6)), (2.5, (0.6, 1.3, 0.6)), (0.3, (0.1, 0.25, 0.1))],
+)
+def test_radius_limited_transform_is_exact_up_to_radius(jit, rng, radius, spacing):
+    # What NSD relies on: distances <= radius exact, all others > radius.
+    # Voxels exactly at the radius must be found: 1.2 = 2 x 0.6, and
+    # 0.3 = 3 x 0.1 although 0.3 / 0.1 rounds below 3.
+    fg = random_masks(rng, (3, 17, 19, 21), 0.01)
+    got = ops.convert_to_numpy(jit(lambda m: ops.sqrt(_squared_distance(m, spacing, radius)))(fg))
+    want = edt(fg, spacing)
+    near = want <= radius * (1 + 1e-6)
+    assert near[:-1].any() and (~near[:-1]).any()
+    np.testing.assert_allclose(got[near], want[near], rtol=1e-6, atol=1e-6)
+    assert (got[~near] > radius).all()
+    full = ops.convert_to_numpy(ops.sqrt(_squared_distance(ops.convert_to_tensor(fg), spacing)))
+    np.testing.assert_array_equal(got[near], full[near])  # bitwise: NSD compares with <=
 
 
 @pytest.mark.backends

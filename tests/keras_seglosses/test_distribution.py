@@ -249,9 +249,68 @@ def test_perfect_prediction_is_minimal(rng):
     for kind in KINDS:
         y, _, _ = make(rng, kind)
         ml = KINDS[kind][2]
+        weights = [1.0, 2.0, 3.0][: y.shape[-1]] if KINDS[kind][1] else [1.0, 2.0]
         for loss in (ks.CrossEntropy(multi_label=ml), ks.Focal(multi_label=ml),
-                     ks.TopK(multi_label=ml), ks.DistancePenalizedCrossEntropy(multi_label=ml)):
+                     ks.TopK(multi_label=ml), ks.TopK(threshold=0.5, multi_label=ml),
+                     ks.WeightedCrossEntropy(weights, multi_label=ml),
+                     ks.DistancePenalizedCrossEntropy(multi_label=ml)):
             assert float(loss(y, y)) < 1e-5, (kind, loss.name)
+
+
+# ------------------------------------------------------- TopK's exact selection
+def topk_inputs(rng, kind):
+    """Sigmoid logits whose per-voxel cross entropies are continuous, tied
+    in large groups, exactly zero, or large."""
+    shape = (3, 7, 9, 1)
+    y = (rng.random(shape) < 0.5).astype("float32")
+    sign = 2 * y - 1
+    if kind == "continuous":
+        logits = rng.normal(size=shape) * 3
+    elif kind == "ties":
+        logits = rng.choice([-2.0, 0.5, 1.0, 3.0], size=shape)
+    elif kind == "zeros":  # log_sigmoid underflows to 0: CE is exactly 0
+        logits = np.where(rng.random(shape) < 0.7, 200.0 * sign, rng.normal(size=shape))
+    else:  # "large": confident mistakes, CE up to ~80
+        logits = -sign * rng.uniform(0, 80, size=shape)
+    return y, logits.astype("float32")
+
+
+def np_topk_logits(y, logits, k):
+    ce = np.logaddexp(0, -logits) * y + np.logaddexp(0, logits) * (1 - y)
+    v = np.sort(ce.ravel().astype(np.float64))[::-1]
+    return v[: max(1, math.ceil(k / 100 * v.size))].mean()
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind", ["continuous", "ties", "zeros", "large"])
+def test_topk_selection_matches_sorting(kind, rng, jit):
+    y, logits = topk_inputs(rng, kind)
+    for k in (0.5, 10.0, 33.3, 100.0):
+        loss = ks.TopK(k=k, from_logits=True)
+        value = keras.ops.convert_to_numpy(jit(loss.call)(y, logits))
+        np.testing.assert_allclose(value, np_topk_logits(y, logits, k), rtol=1e-5, err_msg=f"k={k}")
+
+
+@pytest.mark.backends
+def test_topk_voxels_tied_at_the_cut_share_its_weight(autodiff):
+    # cross entropies 3, 2, 2, 2, 1 (y = 1, p = exp(-ce)); k = 40 %: 2 voxels
+    ce = np.array([3.0, 2.0, 2.0, 2.0, 1.0])
+    p = np.exp(-ce).astype("float32").reshape(1, 5, 1, 1)
+    y = np.ones_like(p)
+    loss = ks.TopK(k=40)
+    np.testing.assert_allclose(float(loss(y, p)), (3.0 + 2.0) / 2, rtol=1e-5)
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(y, x)))(p).ravel()
+    # d(-log p)/dp = -1/p; weights 1, 1/3, 1/3, 1/3, 0 over count = 2
+    expected = -np.array([1.0, 1 / 3, 1 / 3, 1 / 3, 0.0]) / p.ravel() / 2
+    np.testing.assert_allclose(grad, expected, rtol=1e-4)
+
+
+def test_topk_threshold_is_strict():
+    # true-class probabilities 0.5 (kept out: not below t), 0.3, and 0.5
+    y = np.array([[[1.0], [1.0], [0.0]]])
+    p = np.array([[[0.5], [0.3], [0.5]]])
+    np.testing.assert_allclose(float(ks.TopK(threshold=0.5)(y, p)), -np.log(0.3), rtol=1e-6)
+    assert float(ks.TopK(threshold=0.2)(y, p)) == 0.0  # no voxel below t
 
 
 def test_dpce_map_packed_or_computed_agree(rng):

@@ -31,7 +31,7 @@ def sample(rng, shape):
     return y, p, m
 
 
-@pytest.mark.parametrize("shape", [(3, 6, 7, 1), (2, 5, 4, 6, 1), (2, 4, 5, 3, 3)])
+@pytest.mark.parametrize("shape", [(3, 6, 7, 1), (2, 6, 5, 3), (2, 5, 4, 6, 1), (2, 4, 5, 3, 3)])
 def test_functional_forms_match_equations(rng, shape):
     y, p, m = sample(rng, shape)
     yt = ks.pack_targets(y, m)

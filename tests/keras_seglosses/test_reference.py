@@ -47,3 +47,5 @@ def test_reference_matches_brute_force(rng, shape, spacing):
     np.testing.assert_array_equal(surf, reference.surface(fg))
     with pytest.raises(ValueError, match="`spacing`"):
         reference.distance_transform(fg, spacing=(1.0,))
+    with pytest.raises(ValueError, match="`target`"):
+        reference.surface_distances(fg, fg[:, :-1], spacing)

@@ -209,6 +209,21 @@ def test_perfect_prediction_is_minimal(rng):
             assert abs(float(factory(False, True)(y, y))) < 1e-6, (case, kind)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF unknown batch")
+def test_unknown_batch_size(rng):
+    import tensorflow as tf
+
+    y, p, _ = make(rng, "softmax3d")
+    spec = tf.TensorSpec((None,) + y.shape[1:], tf.float32)
+    for case, (factory, ref) in CASES.items():
+        for batch in (False, True):
+            fn = tf.function(factory(batch, True).call, input_signature=[spec, spec])
+            np.testing.assert_allclose(
+                fn(y.astype("f4"), p.astype("f4")).numpy(), ref(y, p, batch, True),
+                rtol=1e-5, atol=1e-6, err_msg=f"{case} batch={batch}",
+            )
+
+
 def test_lovasz_on_binary_predictions_is_one_minus_iou(rng):
     y, p, _ = make(rng, "softmax3d")
     hard = np.eye(3)[p.argmax(-1)]

@@ -99,18 +99,46 @@ def test_tversky_with_other_A_B(rng):
     np.testing.assert_allclose(value(loss, y, p), want, rtol=2e-5)
 
 
+def np_squared_dice(y, p, eps):
+    """[003, Eq. 2] on the whole volume, per sample and class, averaged over
+    classes."""
+    axes = tuple(range(1, y.ndim - 1))
+    y, p = y.astype("float64"), p.astype("float64")
+    dice = (2 * (p * y).sum(axes) + eps) / ((p**2).sum(axes) + (y**2).sum(axes) + eps)
+    return (1 - dice).mean(-1)
+
+
 @pytest.mark.parametrize("shape", [(3, 6, 4, 2), (2, 4, 4, 4, 3)])
 def test_grid_one_is_squared_dice(rng, shape):
     y, p = make(rng, shape)
     flat = y.reshape(shape[0], -1, shape[-1])
     flat[:, : shape[-1]] = np.eye(shape[-1])  # every class in every sample
     y = flat.reshape(shape)
-    want = ks.Dice(squared=True, batch=False, smooth=1e-5).call(y, p)
+    want = np_squared_dice(y, p, 1e-5)
     for reduction in ("sum", "mean"):
         got = ks.RegionSpecificDice(grid=1, smooth=1e-5, region_reduction=reduction).call(y, p)
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), rtol=1e-5
-        )
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-5)
+    # and the package's global loss agrees
+    dice = ks.Dice(squared=True, batch=False, smooth=1e-5).call(y, p)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dice), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [ks.RegionSpecificDice, ks.AdaptiveRegionSpecificTversky])
+def test_absent_class_cells_get_no_gradient(rng, cls, autodiff):
+    """[003, Sec. 5]: a (cell, class) pair without ground truth contributes
+    nothing, so the probabilities of that class there get zero gradient,
+    while every present pair gets some."""
+    y, p = make(rng, (2, 8, 4, 3))  # class 2 absent from the second half
+    loss = cls(grid=(4, 2), smooth=1e-3)
+    grad = autodiff(lambda q: keras.ops.sum(loss.call(y, q)))(p)
+    for b in range(2):
+        for cell in _cells((8, 4), (4, 2)):
+            for c in range(3):
+                g = grad[(b, *cell, c)]
+                if y[(b, *cell, c)].sum() == 0:
+                    np.testing.assert_array_equal(g, 0.0)
+                else:
+                    assert np.any(g != 0)
 
 
 def test_sum_scales_with_cells_mean_does_not(rng):
@@ -141,7 +169,7 @@ def test_adaptive_weights_follow_eq7_eq8_and_bounds(rng):
         assert np.all(beta >= A - 1e-6) and np.all(beta <= A + B + 1e-6)
 
 
-def test_adaptive_gradient_switch(rng):
+def test_adaptive_gradient_switch(rng, autodiff):
     """Same value; gradients differ once alpha/beta are detached, and the
     detached gradient is the one of a Tversky loss with fixed weights."""
     y, p = make(rng, (1, 4, 4, 1))
@@ -149,8 +177,8 @@ def test_adaptive_gradient_switch(rng):
     flowing = ks.AdaptiveRegionSpecificTversky(grid=2, smooth=1e-3)
     fixed = ks.AdaptiveRegionSpecificTversky(grid=2, smooth=1e-3, adaptive_gradient=False)
     np.testing.assert_allclose(value(flowing, y, p), value(fixed, y, p), rtol=1e-6)
-    g_flow = _gradient(lambda q: keras.ops.sum(flowing.call(y, q)), p)
-    g_fixed = _gradient(lambda q: keras.ops.sum(fixed.call(y, q)), p)
+    g_flow = autodiff(lambda q: keras.ops.sum(flowing.call(y, q)))(p)
+    g_fixed = autodiff(lambda q: keras.ops.sum(fixed.call(y, q)))(p)
     assert np.all(np.isfinite(g_flow)) and np.all(np.isfinite(g_fixed))
     assert np.max(np.abs(g_flow - g_fixed)) > 1e-4
     # finite differences of the fixed-weight Tversky loss for one voxel of the
@@ -176,7 +204,7 @@ def test_adaptive_gradient_switch(rng):
 
 # ------------------------------------------------------------- properties
 @pytest.mark.parametrize("cls", [ks.RegionSpecificDice, ks.AdaptiveRegionSpecificTversky])
-def test_perfect_prediction_and_empty_labels(cls):
+def test_perfect_prediction_and_empty_labels(cls, autodiff):
     y = np.zeros((2, 4, 4, 1), "float32")
     y[0, 1:3, 1:3] = 1.0
     loss = cls(grid=2, smooth=0.0)
@@ -185,12 +213,12 @@ def test_perfect_prediction_and_empty_labels(cls):
     p = np.full_like(y, 0.7)
     out = value(loss, y, p)
     assert out[1] == 0.0 and out[0] > 0
-    grad = _gradient(lambda q: keras.ops.sum(loss.call(y, q)), y)
+    grad = autodiff(lambda q: keras.ops.sum(loss.call(y, q)))(y)
     assert np.all(np.isfinite(grad))
 
 
 @pytest.mark.backends
-def test_compiled_matches_reference(rng, jit):
+def test_compiled_matches_reference(rng, jit, autodiff):
     """Both losses in one compiled function, and a compiled gradient."""
     y, p = make(rng, (2, 4, 4, 4, 3))
     logits = np.log(p)
@@ -199,7 +227,7 @@ def test_compiled_matches_reference(rng, jit):
     for kind, out in zip(("dice", "tversky"), got):
         want = np_region_specific(y, p, 2, 1e-7, kind).mean()
         np.testing.assert_allclose(keras.ops.convert_to_numpy(out), want, rtol=1e-4, err_msg=kind)
-    grad = _gradient(lambda q: dice(y, q) + tversky(y, q), logits, compiled=True)
+    grad = autodiff(lambda q: dice(y, q) + tversky(y, q))(logits)
     assert np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
@@ -243,6 +271,12 @@ def test_bad_hyperparameters(kwargs, arg):
         cls(**kwargs)
 
 
+def test_zero_weight_range_is_refused():
+    with pytest.raises(ValueError, match=r"`A` and `B`.*A \+ B > 0.*Received: A=0, B=0"):
+        ks.AdaptiveRegionSpecificTversky(A=0, B=0)
+    ks.AdaptiveRegionSpecificTversky(A=0, B=0.5)  # a range [0, 0.5] is fine
+
+
 # ------------------------------------------------------------ Keras usage
 @pytest.mark.parametrize(
     "loss",
@@ -271,9 +305,10 @@ def test_config_round_trip_gives_same_outputs(rng, loss):
     np.testing.assert_allclose(float(restored(y, logits)), float(loss(y, logits)), rtol=1e-7)
 
 
-def test_fit_one_step_compiled(rng):
-    """One compiled training step; a two-headed model trains both losses in
-    one compilation."""
+@pytest.mark.backends
+def test_fit_one_step_compiled_then_save_and_load(rng, tmp_path):
+    """One compiled training step (a two-headed model trains both losses in
+    one compilation), then a `.keras` round trip without custom_objects."""
     x = rng.random((2, 8, 8, 1)).astype("float32")
     y, _ = make(rng, (2, 8, 8, 3))
     inputs = keras.Input((8, 8, 1))
@@ -286,31 +321,8 @@ def test_fit_one_step_compiled(rng):
     model.compile("adam", loss=losses, jit_compile=jit)
     hist = model.fit(x, [y, y], batch_size=2, epochs=1, verbose=0).history
     assert np.isfinite(hist["loss"][0]) and hist["loss"][0] > 0
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    for before, after in zip(losses, loaded.loss):
+        assert type(after) is type(before) and after.get_config() == before.get_config()
 
-
-def _gradient(fn, x, compiled=False):
-    """d fn / d x by the backend's autodiff; `compiled` under jax.jit / XLA."""
-    x = np.asarray(x, "float32")
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        g = jax.grad(fn)
-        return np.asarray((jax.jit(g) if compiled else g)(x))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        def g(v):
-            with tf.GradientTape() as tape:
-                tape.watch(v)
-                out = fn(v)
-            return tape.gradient(out, v)
-
-        if compiled:
-            g = tf.function(g, jit_compile=True)
-        return g(tf.constant(x)).numpy()
-    import torch
-
-    t = torch.tensor(x, requires_grad=True)
-    fn(t).backward()
-    return t.grad.numpy()

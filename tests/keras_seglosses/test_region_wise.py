@@ -97,42 +97,15 @@ def test_perfect_prediction_bounds():
 
 
 # ----------------------------------------------------- RRW gradient property
-def _gradient(fn, x, compiled=False):
-    x = np.asarray(x, "float32")
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        g = jax.grad(fn)
-        return np.asarray((jax.jit(g) if compiled else g)(x))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        def g(v):
-            with tf.GradientTape() as tape:
-                tape.watch(v)
-                out = fn(v)
-            return tape.gradient(out, v)
-
-        if compiled:
-            g = tf.function(g, jit_compile=True)
-        return g(tf.constant(x)).numpy()
-    import torch
-
-    t = torch.tensor(x, requires_grad=True)
-    fn(t).backward()
-    return t.grad.numpy()
-
-
 @pytest.mark.backends
 @pytest.mark.parametrize("shape", [(2, 6, 6, 3), (1, 4, 4, 4, 4)])
-def test_rrw_gradient_has_one_negative_component_the_true_class(rng, shape):
+def test_rrw_gradient_has_one_negative_component_the_true_class(rng, shape, autodiff):
     """[002, Sec. 3.3]: with RRW maps, for every voxel, d L / d phi has
     exactly one negative component, at the true class, on random softmax
     inputs (autodiff, compiled)."""
     y, logits = make(rng, shape)
     loss = ks.RegionWise(map="rrw", from_logits=True)
-    grad = _gradient(lambda phi: loss(y, phi), logits, compiled=True)
+    grad = autodiff(lambda phi: loss(y, phi))(logits)
     negative = grad < 0
     np.testing.assert_array_equal(negative.sum(-1), 1)
     np.testing.assert_array_equal(negative, y > 0.5)
@@ -143,7 +116,7 @@ def test_rrw_gradient_has_one_negative_component_the_true_class(rng, shape):
     np.testing.assert_allclose(grad, eq2, rtol=1e-3, atol=1e-9)
 
 
-def test_unrectified_map_breaks_the_property(rng):
+def test_unrectified_map_breaks_the_property(rng, autodiff):
     """The check above can fail: the boundary-like map z = [12, 4, -3] of
     [002, Fig. 2] (true class 3) gives voxels with two negative components."""
     shape = (1, 8, 8, 3)
@@ -152,7 +125,7 @@ def test_unrectified_map_breaks_the_property(rng):
     z = np.broadcast_to(np.array([12.0, 4.0, -3.0], "float32"), shape)
     logits = (2 * rng.normal(size=shape)).astype("float32")
     loss = ks.RegionWise(from_logits=True)
-    grad = _gradient(lambda phi: loss(ks.pack_targets(y, z), phi), logits)
+    grad = autodiff(lambda phi: loss(ks.pack_targets(y, z), phi))(logits)
     assert np.any((grad < 0).sum(-1) == 2)
 
 
@@ -222,9 +195,11 @@ def test_config_round_trip_gives_same_outputs(rng):
     np.testing.assert_allclose(float(restored(y, logits)), float(loss(y, logits)), rtol=1e-7)
 
 
-def test_fit_one_step_compiled(rng):
+@pytest.mark.backends
+def test_fit_one_step_compiled_then_save_and_load(rng, tmp_path):
     """One compiled step with each map (a three-headed model compiles once):
-    the RRW map computed inside the step, the boundary map packed."""
+    the RRW map computed inside the step, the boundary map packed; then a
+    `.keras` round trip without custom_objects."""
     x = rng.random((2, 8, 8, 1)).astype("float32")
     y, _ = make(rng, (2, 8, 8, 3))
     inputs = keras.Input((8, 8, 1))
@@ -233,9 +208,13 @@ def test_fit_one_step_compiled(rng):
     jit = "auto" if keras.backend.backend() == "torch" else True
     losses = [ks.RegionWise(map=m, from_logits=True) for m in ("rrw", "boundary", "ac")]
     model.compile("adam", loss=losses, jit_compile=jit)
-    targets = [y, ks.pack_targets(y, np_(ks.boundary_map(y))), y]
+    targets = [y, ks.pack_targets(y, scipy_map(y, "boundary").astype("float32")), y]
     hist = model.fit(x, targets, batch_size=2, epochs=1, verbose=0).history
     assert np.isfinite(hist["loss"][0])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    for before, after in zip(losses, loaded.loss):
+        assert type(after) is ks.RegionWise and after.get_config() == before.get_config()
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,20 @@ def test_dice_matches_equation(rng, shape, batch, squared):
         np.testing.assert_allclose(got, np_dice(y, p, s, squared, batch), rtol=1e-5)
 
 
+def test_defaults_are_the_original_code(rng):
+    # The released dice_coefficient_loss and rp_dice_loss: smooth 1, one sum
+    # over the whole mini-batch (every sample carries that value).
+    assert {k: ks.Dice().get_config()[k] for k in ("smooth", "squared", "batch", "from_logits", "include_background")} == {
+        "smooth": 1.0, "squared": False, "batch": True, "from_logits": False, "include_background": True}
+    assert {k: ks.RewardPenaltyDice().get_config()[k] for k in ("smooth", "batch", "from_logits")} == {
+        "smooth": 1.0, "batch": True, "from_logits": False}
+    y, p, _, m = make(rng, (3, 5, 5, 5, 1))
+    want = 1 - (2 * np.sum(y * p) + 1) / (np.sum(y) + np.sum(p) + 1)
+    np.testing.assert_allclose(call(ks.Dice(), y, p), np.full(3, want), rtol=1e-5)
+    want = 1 - (2 * np.sum(y * p * m) + 1) / (np.sum(y * np.abs(m)) + np.sum(p * np.abs(m)) + 1)
+    np.testing.assert_allclose(call(ks.RewardPenaltyDice(), ks.pack_targets(y, m), p), np.full(3, want), rtol=1e-5)
+
+
 def test_dice_exclude_background(rng):
     y, p, _, _ = make(rng, (2, 5, 5, 3), softmax=True)
     got = call(ks.Dice(batch=False, include_background=False), y, p)
@@ -94,14 +108,33 @@ def test_rpdl_matches_equation(rng, shape, batch):
     np.testing.assert_allclose(got, np_rpdl(y, p, m, 1.0, batch), rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", SHAPES[:2])
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("reduce", ["mean", "sum"])
 def test_wbce_matches_equation(rng, shape, reduce):
-    y, p, logits, _ = make(rng, shape)
+    # C > 1: one-hot labels and softmax probabilities (from_logits: softmax).
+    y, p, logits, m = make(rng, shape, softmax=True)
     loss = ks.WeightedBinaryCrossentropy(pos_weight=23.485, voxel_reduction=reduce)
-    np.testing.assert_allclose(call(loss, y, p), np_wbce(y, p, 23.485, reduce), rtol=1e-4)
+    want = np_wbce(y, p, 23.485, reduce)
+    np.testing.assert_allclose(call(loss, ks.pack_targets(y, m), p), want, rtol=1e-4)
     logit_loss = ks.WeightedBinaryCrossentropy(23.485, reduce, from_logits=True)
-    np.testing.assert_allclose(call(logit_loss, y, logits), np_wbce(y, p, 23.485, reduce), rtol=1e-4)
+    np.testing.assert_allclose(call(logit_loss, y, logits), want, rtol=1e-4)
+
+
+def test_wbce_original_summed_variant(rng):
+    # The released code: clip at 1e-6, w = 23.485, one sum over the whole batch.
+    y, p, _, _ = make(rng, (3, 5, 5, 5, 1))
+    p[0, 0, 0, 0] = 0.0  # exercises the clipping
+    q = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+    want = -(23.485 * np.sum(y * np.log(q)) + np.sum((1 - y) * np.log(1 - q)))
+    eps = keras.config.epsilon()
+    keras.config.set_epsilon(1e-6)
+    try:
+        loss = ks.WeightedBinaryCrossentropy(ks.ORIGINAL_POS_WEIGHT, "sum", reduction="sum")
+        got = float(loss(y, p))
+    finally:
+        keras.config.set_epsilon(eps)
+    assert ks.ORIGINAL_POS_WEIGHT == 23.485
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_wbce_unit_weight_is_keras_binary_crossentropy(rng):
@@ -110,12 +143,50 @@ def test_wbce_unit_weight_is_keras_binary_crossentropy(rng):
     np.testing.assert_allclose(float(ks.WeightedBinaryCrossentropy()(y, p)), float(want), rtol=1e-5)
 
 
+def np_legacy(h, p, s, batch):
+    num = 2 * sums(h * p, batch) + s
+    return per_sample(1 - num / (sums(np.abs(h), batch) + sums(p, batch) + s), len(h), batch)
+
+
 def test_legacy_loss_on_encoded_target(rng):
+    # The released code's loss: one sum over the whole batch.
     ann = (rng.random((7, 2, 6, 6, 6)) > 0.5).astype("float32")
     h = np.stack([ks.legacy_reward_penalty_targets(ann[0, b], ann[:, b]) for b in range(2)])[..., None]
     p = rng.random(h.shape).astype("float32")
     want = 1 - (2 * np.sum(h * p) + 1) / (np.sum(np.abs(h)) + np.sum(p) + 1)
     np.testing.assert_allclose(float(ks.LegacyRewardPenaltyDice()(h, p)), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch", [True, False])
+def test_legacy_loss_matches_formula(rng, shape, batch):
+    _, p, _, _ = make(rng, shape)
+    h = rng.choice([-7 / 6, 0.0, 2 / 6, 1.0], size=shape).astype("float32")
+    got = call(ks.LegacyRewardPenaltyDice(smooth=0.5, batch=batch), h, p)
+    np.testing.assert_allclose(got, np_legacy(h, p, 0.5, batch), rtol=1e-5)
+
+
+@pytest.mark.backends
+def test_compiled_values_match_equations(rng, jit):
+    # C = 3 (per-class columns); the C = 1 graph is compiled in the gradient
+    # tests. One compiled function for all losses keeps this quick.
+    y, p, _, m = make(rng, (2, 5, 4, 3, 3), softmax=True)
+    yt, h = ks.pack_targets(y, m), y * m
+    modes = (True, False)
+    rpdl = [ks.RewardPenaltyDice(batch=b) for b in modes]
+    dice = [ks.Dice(batch=b) for b in modes]
+    legacy = [ks.LegacyRewardPenaltyDice(batch=b) for b in modes]
+    wbce = ks.WeightedBinaryCrossentropy(2.0)
+
+    def all_losses(yt, h, p):
+        out = [loss.call(yt, p) for loss in rpdl + dice]
+        return out + [loss.call(h, p) for loss in legacy] + [wbce.call(yt, p)]
+
+    got = [ops.convert_to_numpy(v) for v in jit(all_losses)(yt, h, p)]
+    want = [np_rpdl(y, p, m, 1.0, b) for b in modes] + [np_dice(y, p, 1.0, False, b) for b in modes]
+    want += [np_legacy(h, p, 1.0, b) for b in modes] + [np_wbce(y, p, 2.0)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5)
 
 
 @pytest.mark.backends
@@ -172,37 +243,24 @@ def test_rpdl_bounds(rng):
 # --------------------------------------------------------------- gradient
 @pytest.mark.backends
 @pytest.mark.parametrize("shape", [(2, 6, 6, 6, 1), (3, 7, 5, 1)])
-def test_rpdl_gradient_is_eq4(rng, shape):
+def test_rpdl_gradient_is_eq4(rng, autodiff, shape):
     y, p, _, m = make(rng, shape)
     yt = ks.pack_targets(y, m)
     loss = ks.RewardPenaltyDice(smooth=0.0)
-    grad = _gradient(lambda pred: loss(yt, pred), p)
+    grad = autodiff(lambda pred: loss(yt, pred))(p)
     np.testing.assert_allclose(grad, eq4_gradient(y, p, m), rtol=1e-4, atol=1e-8)
     assert np.all(np.isfinite(grad))
 
 
-def _gradient(fn, x):
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.jit(jax.grad(fn))(x))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        @tf.function(jit_compile=True)
-        def g(v):
-            with tf.GradientTape() as tape:
-                tape.watch(v)
-                out = fn(v)
-            return tape.gradient(out, v)
-
-        return g(tf.constant(x)).numpy()
-    import torch
-
-    t = torch.tensor(x, requires_grad=True)
-    fn(t).backward()
-    return t.grad.numpy()
+@pytest.mark.backends
+def test_rpdl_per_sample_gradient_is_eq4_per_sample(rng, autodiff):
+    # batch=False: Keras' mean over samples of Eq. 3, so Eq. 4 per sample / B.
+    y, p, _, m = make(rng, (3, 5, 4, 6, 1))
+    yt = ks.pack_targets(y, m)
+    loss = ks.RewardPenaltyDice(smooth=0.0, batch=False)
+    grad = autodiff(lambda pred: loss(yt, pred))(p)
+    want = np.stack([eq4_gradient(y[b], p[b], m[b]) for b in range(3)]) / 3
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-8)
 
 
 # ------------------------------------------------------------ Keras usage

@@ -84,6 +84,51 @@ def test_tensor_twin_matches_numpy_per_batch_item(rng, jit, normalize):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.backends
+def test_tensor_twin_edge_cases_and_validation(jit):
+    single = np.array([[[1, 0, 1, 0]]], "float32")  # (batch=1, K=1, 4)
+    got = np.asarray(jit(lambda t: reward_penalty_map_tensor(t, axis=1))(single))
+    np.testing.assert_array_equal(got, [[1, -1, 1, -1]])
+    got = np.asarray(reward_penalty_map_tensor(np.zeros((3, 2, 2)), penalty=-2.0, normalize=False))
+    np.testing.assert_array_equal(got, -2.0)
+    with pytest.raises(ValueError, match="binary values"):
+        reward_penalty_map_tensor(np.array([[0.0, 0.5]]))
+
+
+def original_encoding(y, annotations, penalty, scale):
+    """The released training code's steps as SPEC section 4 lists them, with
+    its int8 arrays and in-place masked assignments."""
+    count = annotations.astype(np.int8).sum(axis=0, dtype=np.int8)
+    count[count == 0] = penalty  # the per-input map, penalty where nobody drilled
+    h = y.astype(np.int8) * count
+    h[count == penalty] = penalty
+    h[h == 1] = 0  # only this surgeon drilled the voxel
+    return np.array(h / scale, "float32")
+
+
+@pytest.mark.parametrize("k, penalty, scale", [(7, -7, 6), (6, -6, 6), (3, -2, 2)])
+def test_legacy_targets_reproduce_the_original_encoding(rng, k, penalty, scale):
+    a = (rng.random((k, 6, 7, 5)) > rng.random((k, 1, 1, 1))).astype(np.int8)
+    a[:, 0, 0, :] = 0  # voxels nobody marks
+    for i in range(k):
+        got = legacy_reward_penalty_targets(a[i], a, penalty=penalty, scale=scale)
+        want = original_encoding(a[i], a, penalty, scale)
+        np.testing.assert_array_equal(got, want)  # bit-exact
+        only_i = (a[i] == 1) & (a.sum(0) == 1)
+        assert np.all(got[only_i] == 0) and np.all(got[a.sum(0) == 0] == np.float32(penalty / scale))
+
+
+def test_legacy_targets_reject_bad_inputs():
+    with pytest.raises(ValueError, match=r"`annotations`.*binary"):
+        legacy_reward_penalty_targets(np.zeros(3), np.array([[0, 2, 0]]))
+    with pytest.raises(ValueError, match=r"`y`.*binary"):
+        legacy_reward_penalty_targets(np.array([0, 0.5, 0]), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="spatial shape"):
+        legacy_reward_penalty_targets(np.zeros(4), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="scale"):
+        legacy_reward_penalty_targets(np.zeros(3), np.zeros((2, 3)), scale=0)
+
+
 def test_legacy_target_rules():
     # 4 annotations of 6 voxels; y is annotation 0.
     a = np.array(

@@ -14,7 +14,15 @@ from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDis
 from scipy import ndimage
 
 import surface_distance
+import surface_distance.lookup_tables
+from keras_seglosses import pack_targets
 from keras_seglosses.metrics import ASD, HD95, NSD, functional
+from keras_seglosses.metrics._surface_functional import (
+    ASD_CONVENTIONS,
+    HD95_CONVENTIONS,
+    NSD_CONVENTIONS,
+    surfel_area_table,
+)
 
 RTOL = 1e-4
 
@@ -28,29 +36,82 @@ def blobs(rng, shape, n):
     return np.stack(out)
 
 
-def monai_values(gt, pr, spacing, tolerance, percentile):
-    t = lambda m: torch.tensor(m[None, None].astype("float32"))  # noqa: E731
+def border_cases(rng, shape):
+    """Pairs that lie on the volume border, where the tools' surface
+    definitions matter most: the full volume (its surface is only the border
+    layer), a half-space against a blob joined to the opposite face."""
+    full = np.ones(shape, bool)
+    half = np.zeros(shape, bool)
+    half[: shape[0] // 2] = True
+    blob = blobs(rng, shape, 1)[0]
+    face = blob.copy()
+    face[-1] = True
+    return np.stack([full, half]), np.stack([blob, face])
+
+
+def monai(gt, pr, spacing, tolerance, percentile):
+    """MONAI's HD (symmetric and both directed), NSD, and symmetric ASD."""
+    def t(m):
+        return torch.tensor(m[None, None].astype("float32"))
+
+    def hd(a, b, directed):
+        metric = HausdorffDistanceMetric(include_background=True, percentile=percentile, directed=directed)
+        return metric(t(a), t(b), spacing=spacing).item()
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hd = HausdorffDistanceMetric(percentile=percentile)(t(pr), t(gt), spacing=spacing)
-        nsd = SurfaceDiceMetric([tolerance])(t(pr), t(gt), spacing=spacing)
-        asd = SurfaceDistanceMetric(symmetric=True)(t(pr), t(gt), spacing=spacing)
-    return hd.item(), nsd.item(), asd.item()
+        nsd = SurfaceDiceMetric([tolerance], include_background=True)(t(pr), t(gt), spacing=spacing)
+        asd = SurfaceDistanceMetric(include_background=True, symmetric=True)(t(pr), t(gt), spacing=spacing)
+        # directed=True: from the surface of y_pred (first) to that of y.
+        return {
+            "hd": hd(pr, gt, False),
+            "hd_gp": hd(gt, pr, True),
+            "hd_pg": hd(pr, gt, True),
+            "nsd": nsd.item(),
+            "asd": asd.item(),
+        }
 
 
-def medpy_directed(gt, pr, spacing):
-    """(gt -> pred, pred -> gt) boundary-voxel distances as medpy defines them."""
-    def border(m):
-        return m ^ ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(m.ndim, 1))
+def references(g, p, spacing, tol, q=95):
+    """Every convention from the tool that defines it (keys as in `ours`)."""
+    m = monai(g, p, spacing, tol, q)
+    dm = surface_distance.compute_surface_distances(g, p, spacing)
+    return m, {
+        "hd max (MONAI)": m["hd"],
+        "hd pooled (medpy)": medpy_binary.hd95(p, g, voxelspacing=spacing),
+        "hd mean [003:13] (MONAI directed)": 0.5 * (m["hd_gp"] + m["hd_pg"]),
+        "hd surfel (DeepMind)": surface_distance.compute_robust_hausdorff(dm, q),
+        "nsd voxel (MONAI)": m["nsd"],
+        "nsd surfel (DeepMind)": surface_distance.compute_surface_dice_at_tolerance(dm, tol),
+        # medpy's asd(result, reference): mean distance from the surface of
+        # `result` to that of `reference`.
+        "asd mean [003:12] (medpy directed)": 0.5 * (
+            medpy_binary.asd(g, p, voxelspacing=spacing) + medpy_binary.asd(p, g, voxelspacing=spacing)
+        ),
+        "asd pooled (medpy)": medpy_binary.assd(p, g, voxelspacing=spacing),
+    }
 
-    def directed(a, b):
-        return ndimage.distance_transform_edt(~border(b), sampling=spacing)[border(a)]
 
-    return directed(gt, pr), directed(pr, gt)
+def ours(y, p, spacing, tol):
+    values = (
+        [functional.hd95(y, p, spacing, convention=c) for c in ("max", "pooled", "mean", "surfel")]
+        + [functional.nsd(y, p, tol, spacing, convention=c) for c in ("voxel", "surfel")]
+        + [functional.asd(y, p, spacing, convention=c) for c in ("mean", "pooled")]
+    )
+    keys = [
+        "hd max (MONAI)", "hd pooled (medpy)", "hd mean [003:13] (MONAI directed)",
+        "hd surfel (DeepMind)", "nsd voxel (MONAI)", "nsd surfel (DeepMind)",
+        "asd mean [003:12] (medpy directed)", "asd pooled (medpy)",
+    ]
+    return dict(zip(keys, values))
 
 
-# One case also runs the two percentile paths compiled (XLA / jax.jit: the
-# path of `fit`); compiling all eight metrics costs ~25 s on 2 cores.
+# (batch 2, *shape, 2 channels): channels fold into the batch, so every case
+# computes on 4 volumes; the later tests reuse these shapes, which keeps the
+# per-shape compilation of JAX's eager mode to three shapes. Sample 0 holds
+# the border cases, sample 1 random blobs. One case also runs the two
+# percentile selections and NSD's radius-limited transform compiled (XLA /
+# jax.jit: the path of `fit`).
 CASES = [
     ((14, 16, 12), (0.7, 1.3, 2.1), 1.5, True),
     ((16, 18, 20), (1.0, 1.0, 1.0), 1.0, False),
@@ -58,92 +119,152 @@ CASES = [
 ]
 
 
+def case_masks(rng, shape):
+    g_border, p_border = border_cases(rng, shape)
+    gt = np.stack([g_border, blobs(rng, shape, 2)])
+    pr = np.stack([p_border, blobs(rng, shape, 2)])
+    return np.moveaxis(gt, 1, -1), np.moveaxis(pr, 1, -1)
+
+
 @pytest.mark.backends
 @pytest.mark.parametrize("shape,spacing,tol,compiled", CASES)
 def test_conventions_match_monai_medpy_deepmind(jit, rng, shape, spacing, tol, compiled):
-    # (batch 2, *shape, 2 channels): channels fold into the batch.
-    gt = np.moveaxis(blobs(rng, shape, 4).reshape((2, 2) + shape), 1, -1)
-    pr = np.moveaxis(blobs(rng, shape, 4).reshape((2, 2) + shape), 1, -1)
-
-    def all_metrics(y, p):
-        return (
-            [functional.hd95(y, p, spacing, convention=c) for c in ("max", "pooled", "mean", "surfel")]
-            + [functional.nsd(y, p, tol, spacing, convention=c) for c in ("voxel", "surfel")]
-            + [functional.asd(y, p, spacing, convention=c) for c in ("mean", "pooled")]
-        )
-
-    got = [ops.convert_to_numpy(v) for v in all_metrics(gt.astype("float32"), pr.astype("float32"))]
+    gt, pr = case_masks(rng, shape)
+    y, p = gt.astype("float32"), pr.astype("float32")
+    got = {k: ops.convert_to_numpy(v) for k, v in ours(y, p, spacing, tol).items()}
     if compiled:
-        fn = jit(lambda y, p: [functional.hd95(y, p, spacing, convention=c) for c in ("pooled", "surfel")])
-        for value, want in zip(fn(gt.astype("float32"), pr.astype("float32")), (got[1], got[3])):
-            np.testing.assert_allclose(ops.convert_to_numpy(value), want, rtol=1e-6)
-    hd_max, hd_pooled, hd_mean, hd_surfel, nsd_voxel, nsd_surfel, asd_mean, asd_pooled = got
+        fn = jit(lambda a, b: [
+            functional.hd95(a, b, spacing, convention="pooled"),
+            functional.hd95(a, b, spacing, convention="surfel"),
+            functional.nsd(a, b, tol, spacing),
+        ])
+        for value, key in zip(fn(y, p), ("hd pooled (medpy)", "hd surfel (DeepMind)", "nsd voxel (MONAI)")):
+            np.testing.assert_allclose(ops.convert_to_numpy(value), got[key], rtol=1e-6)
     for b in range(2):
         for c in range(2):
-            g, p = gt[b, ..., c], pr[b, ..., c]
-            m_hd, m_nsd, m_asd = monai_values(g, p, spacing, tol, 95)
-            d_gp, d_pg = medpy_directed(g, p, spacing)
-            dm = surface_distance.compute_surface_distances(g, p, spacing)
-            want = {
-                "hd max (MONAI)": (hd_max, m_hd),
-                "hd pooled (medpy)": (hd_pooled, medpy_binary.hd95(p, g, voxelspacing=spacing)),
-                "hd mean [003:13]": (hd_mean, 0.5 * (np.percentile(d_gp, 95) + np.percentile(d_pg, 95))),
-                "hd surfel (DeepMind)": (hd_surfel, surface_distance.compute_robust_hausdorff(dm, 95)),
-                "nsd voxel (MONAI)": (nsd_voxel, m_nsd),
-                "nsd surfel (DeepMind)": (
-                    nsd_surfel,
-                    surface_distance.compute_surface_dice_at_tolerance(dm, tol),
-                ),
-                "asd mean [003:12]": (asd_mean, 0.5 * (d_gp.mean() + d_pg.mean())),
-                "asd pooled (medpy)": (asd_pooled, medpy_binary.assd(p, g, voxelspacing=spacing)),
-            }
-            assert m_asd == pytest.approx(want["asd pooled (medpy)"][1], rel=RTOL)
-            for key, (value, ref) in want.items():
-                assert value[b, c] == pytest.approx(ref, rel=RTOL), key
+            g, q = gt[b, ..., c], pr[b, ..., c]
+            m, want = references(g, q, spacing, tol)
+            # The two community definitions of the pooled ASD agree.
+            assert m["asd"] == pytest.approx(want["asd pooled (medpy)"], rel=RTOL)
+            for key, ref in want.items():
+                assert got[key][b, c] == pytest.approx(ref, rel=RTOL), (key, b, c)
 
 
 @pytest.mark.backends
-def test_other_percentiles_match_numpy_and_monai(rng):
-    gt, pr = blobs(rng, (12, 14, 10), 1)[0], blobs(rng, (12, 14, 10), 1)[0]
-    y, p = gt[None, ..., None].astype("float32"), pr[None, ..., None].astype("float32")
-    d_gp, d_pg = medpy_directed(gt, pr, (1.0, 1.0, 1.0))
+def test_other_percentiles_match_monai_medpy_deepmind(rng):
+    shape, spacing = CASES[0][0], (1.0, 1.0, 1.0)
+    gt, pr = case_masks(rng, shape)
+    y, p = gt.astype("float32"), pr.astype("float32")
+    g, q_mask = gt[1, ..., 0], pr[1, ..., 0]
+    dm = surface_distance.compute_surface_distances(g, q_mask, spacing)
+    pooled_set = np.concatenate(
+        [medpy_binary.__surface_distances(g, q_mask, spacing), medpy_binary.__surface_distances(q_mask, g, spacing)]
+    )
     for q in (0, 50, 99.5, 100):
-        m_hd = monai_values(gt, pr, (1.0, 1.0, 1.0), 1.0, q)[0] if q else min(d_gp.min(), d_pg.min())
-        got = ops.convert_to_numpy(functional.hd95(y, p, percentile=q))[0, 0]
-        if q:
-            assert got == pytest.approx(m_hd, rel=RTOL)
-        pooled = ops.convert_to_numpy(functional.hd95(y, p, percentile=q, convention="pooled"))
-        assert pooled[0, 0] == pytest.approx(np.percentile(np.concatenate([d_gp, d_pg]), q), rel=RTOL)
+        got = {
+            c: ops.convert_to_numpy(functional.hd95(y, p, spacing, percentile=q, convention=c))[1, 0]
+            for c in ("max", "pooled", "surfel")
+        }
+        if q:  # MONAI treats percentile=0 as "not given": the plain Hausdorff distance.
+            assert got["max"] == pytest.approx(monai(g, q_mask, spacing, 1.0, q)["hd"], rel=RTOL)
+        assert got["pooled"] == pytest.approx(np.percentile(pooled_set, q), rel=RTOL)
+        assert got["surfel"] == pytest.approx(surface_distance.compute_robust_hausdorff(dm, q), rel=RTOL)
+
+
+@pytest.mark.backends
+def test_percentile_ties_follow_each_tool():
+    # Two neighbouring voxels; with spacing (3, 4) every contour element is
+    # 2.5 long (exact in float32), and half of each contour lies on the other:
+    # directed distances [0, 0, 4, 4]. The 50th percentile is where the tools
+    # part: numpy/MONAI interpolate (2.0); DeepMind takes the first distance
+    # whose cumulative length reaches one half (0.0).
+    shape, spacing = CASES[2][0], (3.0, 4.0)
+    y = np.zeros((2,) + shape + (2,), "float32")
+    p = np.zeros_like(y)
+    y[:, 5, 5] = 1
+    p[:, 5, 6] = 1
+    g, q = y[0, ..., 0] > 0, p[0, ..., 0] > 0
+    dm = surface_distance.compute_surface_distances(g, q, spacing)
+    surfel = ops.convert_to_numpy(functional.hd95(y, p, spacing, 50, convention="surfel"))
+    assert surface_distance.compute_robust_hausdorff(dm, 50) == 0.0
+    np.testing.assert_array_equal(surfel, 0.0)
+    voxel = ops.convert_to_numpy(functional.hd95(y, p, spacing, 50, convention="max"))
+    np.testing.assert_allclose(voxel, monai(g, q, spacing, 1.0, 50)["hd"], rtol=RTOL)
+    # Apart, so that no distance is 0: the extreme percentiles are the
+    # smallest and largest distances.
+    p[1] = 0
+    p[1, 9, 8] = 1
+    dm = surface_distance.compute_surface_distances(y[1, ..., 0] > 0, p[1, ..., 0] > 0, spacing)
+    for q_ in (0, 100):
+        surfel = ops.convert_to_numpy(functional.hd95(y, p, spacing, q_, convention="surfel"))[1, 0]
+        assert surfel == pytest.approx(surface_distance.compute_robust_hausdorff(dm, q_), rel=RTOL), q_
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.1), (2.0, 0.5), (1.0, 1.0)])
+def test_surfel_area_table_matches_deepmind(spacing):
+    # Every one of the 256 (2D: 16) codes, mapped through DeepMind's own
+    # neighbourhood encoding of the same 2x2x2 (2x2) block of voxels.
+    nd = len(spacing)
+    if nd == 3:
+        theirs = surface_distance.lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
+        kernel = surface_distance.lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL
+    else:
+        theirs = surface_distance.lookup_tables.create_table_neighbour_code_to_contour_length(spacing)
+        kernel = surface_distance.lookup_tables.ENCODE_NEIGHBOURHOOD_2D_KERNEL
+    ours_table = surfel_area_table(spacing)
+    corners = list(np.ndindex(*(2,) * nd))  # bit k of our code: corner k in row-major order
+    for code in range(2 ** (2**nd)):
+        block = np.zeros((2,) * nd, np.uint8)
+        for k, corner in enumerate(corners):
+            block[corner] = (code >> k) & 1
+        theirs_code = ndimage.correlate(block, kernel, mode="constant", cval=0)[(1,) * nd]
+        assert ours_table[code] == pytest.approx(theirs[theirs_code], rel=1e-12, abs=1e-12), code
 
 
 @pytest.mark.backends
 def test_empty_masks():
-    shape, spacing = (6, 7, 8), (1.0, 2.0, 0.5)
-    y = np.zeros((3,) + shape + (1,), "float32")
+    # Shape of CASES[0], 4 samples: both empty, only y, only p, both present.
+    shape, spacing = CASES[0][0], (1.0, 2.0, 0.5)
+    y = np.zeros((4,) + shape + (1,), "float32")
     p = np.zeros_like(y)
     y[1, 2:4, 2:4, 2:4] = 1  # only y non-empty
     p[2, 1:3, 1:5, 2:6] = 1  # only p non-empty
+    y[3, 2:6, 2:6, 2:6] = 1
+    p[3, 2:6, 3:7, 2:6] = 1
     diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
-    fn = (
-        lambda a, b: [
-            functional.hd95(a, b, spacing, convention="max"),
-            functional.hd95(a, b, spacing, convention="surfel"),
-            functional.asd(a, b, spacing),
-            functional.nsd(a, b, 1.0, spacing),
-            functional.nsd(a, b, 1.0, spacing, convention="surfel"),
-        ]
-    )
-    hd, hd_s, asd, nsd, nsd_s = (ops.convert_to_numpy(v)[:, 0] for v in fn(y, p))
-    np.testing.assert_allclose(hd, [0.0, diag, diag], rtol=1e-6)
-    np.testing.assert_allclose(hd_s, [0.0, diag, diag], rtol=1e-6)
-    np.testing.assert_allclose(asd, [0.0, diag, diag], rtol=1e-6)
-    np.testing.assert_allclose(nsd, [1.0, 0.0, 0.0])
-    np.testing.assert_allclose(nsd_s, [1.0, 0.0, 0.0])
-    inf = ops.convert_to_numpy(functional.hd95(y, p, spacing, empty_value=float("inf")))[:, 0]
-    assert inf[0] == 0 and np.isinf(inf[1:]).all()
+    for c in HD95_CONVENTIONS:
+        hd = ops.convert_to_numpy(functional.hd95(y, p, spacing, convention=c))[:, 0]
+        np.testing.assert_allclose(hd[:3], [0.0, diag, diag], rtol=1e-6, err_msg=c)
+        inf = ops.convert_to_numpy(functional.hd95(y, p, spacing, convention=c, empty_value=float("inf")))
+        assert inf[0, 0] == 0 and np.isinf(inf[1:3, 0]).all() and np.isfinite(inf[3, 0]), c
+    for c in ASD_CONVENTIONS:
+        asd = ops.convert_to_numpy(functional.asd(y, p, spacing, convention=c, empty_value=3.0))[:, 0]
+        np.testing.assert_allclose(asd[:3], [0.0, 3.0, 3.0], rtol=1e-6, err_msg=c)
+    for c in NSD_CONVENTIONS:
+        nsd = ops.convert_to_numpy(functional.nsd(y, p, 1.0, spacing, convention=c))[:, 0]
+        np.testing.assert_allclose(nsd[:3], [1.0, 0.0, 0.0], err_msg=c)
+    # Keras metrics: never NaN or inf; the default is the volume diagonal.
+    both = ops.convert_to_numpy(functional.hd95(y, p, spacing))[3, 0]
+    m = HD95(spacing=spacing)
+    m.update_state(y, p)
+    assert float(m.result()) == pytest.approx((2 * diag + both) / 4, rel=1e-6)
     m = HD95(spacing=spacing, empty_value=5.0)
     m.update_state(y, p)
-    assert float(m.result()) == pytest.approx(10.0 / 3)
+    assert float(m.result()) == pytest.approx((10.0 + both) / 4, rel=1e-6)
+    m = NSD(spacing=spacing)
+    m.update_state(y[:3], p[:3])
+    assert float(m.result()) == pytest.approx(1.0 / 3)
+
+
+def test_packed_targets_read_labels_only(rng):
+    shape = CASES[0][0]
+    gt, pr = case_masks(rng, shape)
+    y, p = gt.astype("float32"), pr.astype("float32")
+    packed = pack_targets(y, rng.random(y.shape).astype("float32") * 5)  # a map after the labels
+    for fn in (functional.hd95, functional.nsd, functional.asd):
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(fn(packed, p)), ops.convert_to_numpy(fn(y, p)), err_msg=fn.__name__
+        )
 
 
 def test_bad_input_names_argument():
@@ -152,8 +273,14 @@ def test_bad_input_names_argument():
         functional.hd95(y, y, spacing=(1.0, 1.0))
     with pytest.raises(ValueError, match="`spacing`"):
         NSD(spacing=(1.0, 0.0, 1.0))
-    with pytest.raises(ValueError, match="same rank"):
+    with pytest.raises(ValueError, match="`y_true` and `y_pred` must have the same rank"):
         functional.asd(y, y[..., 0, :])
+    with pytest.raises(ValueError, match="`y_true` and `y_pred` differ"):
+        functional.nsd(y, np.zeros((1, 4, 4, 5, 1), "float32"))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        functional.hd95(y[..., None], y[..., None])
+    with pytest.raises(ValueError, match=r"`spacing`.*3 positive.*Received: spacing=\[1.0, 1.0\]"):
+        HD95(spacing=(1.0, 1.0)).update_state(y, y)  # length checked against the data
     with pytest.raises(ValueError, match="`convention`"):
         HD95(convention="median")
     with pytest.raises(ValueError, match="`empty_value`"):
@@ -178,6 +305,25 @@ def test_config_round_trip(rng, cls, kwargs):
     for m in (metric, restored):
         m.update_state(y, p)
     assert float(restored.result()) == pytest.approx(float(metric.result()), rel=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="unknown static shapes are TF's")
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_unknown_batch_size_in_tf_graph(rng, jit_compile):
+    # `fit` on TensorFlow traces with an unknown batch axis (a tf.data batch).
+    import tensorflow as tf
+
+    shape = CASES[2][0]
+    gt, pr = case_masks(rng, shape)
+    y, p = gt.astype("float32"), pr.astype("float32")
+    spec = tf.TensorSpec((None,) + y.shape[1:], tf.float32)
+
+    def all_metrics(a, b):
+        return list(ours(a, b, (1.0, 2.0), 1.0).values())
+
+    fn = tf.function(all_metrics, input_signature=[spec, spec], jit_compile=jit_compile)
+    for got, want in zip(fn(y, p), all_metrics(y, p)):
+        np.testing.assert_allclose(got.numpy(), ops.convert_to_numpy(want), rtol=1e-6)
 
 
 @pytest.mark.backends

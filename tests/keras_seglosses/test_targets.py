@@ -3,6 +3,7 @@ import pytest
 from keras import ops
 
 from keras_seglosses import pack_targets, unpack_targets
+from keras_seglosses.targets import require_map_columns
 
 
 def test_pack_then_unpack_returns_the_parts(rng):
@@ -47,3 +48,17 @@ def test_unpack_rejects_channel_count_not_a_multiple():
 def test_unpack_rejects_missing_channel_axis():
     with pytest.raises(ValueError, match="channels_last"):
         unpack_targets(np.zeros((4,)), 1)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("batch", [True, False])
+def test_map_columns_are_the_flattened_channels(rng, batch):
+    labels = rng.random((2, 3, 4, 2)).astype("float32")
+    m1, m2 = rng.random((2, 2, 3, 4, 2)).astype("float32")
+    ys, ms = require_map_columns(pack_targets(labels, m1, m2), 2, 1, batch, "L", "second map")
+    lead = (-1,) if batch else (2, -1)
+    for k in range(2):
+        np.testing.assert_array_equal(ops.convert_to_numpy(ys[k]), labels[..., k].reshape(lead))
+        np.testing.assert_array_equal(ops.convert_to_numpy(ms[k]), m2[..., k].reshape(lead))
+    with pytest.raises(ValueError, match=r"`L` needs the second map.*at least 6 channels.*pack_targets"):
+        require_map_columns(pack_targets(labels, m1), 2, 1, batch, "L", "second map")

@@ -76,6 +76,10 @@ def test_linear_upsampling_matches_scipy(jit):
     assert got.shape == (2, 6, 8, 10, 2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert layer.compute_output_shape((None, 3, 4, 5, 2)) == (None, 6, 8, 10, 2)
+    # Under mixed precision the layer computes in, and returns, float16.
+    half = LinearUpSampling3D(dtype="mixed_float16")(x)
+    assert keras.backend.standardize_dtype(half.dtype) == "float16"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(half), expected, rtol=2e-3, atol=2e-3)
 
 
 def vae_terms(image, reconstruction, mu, log_var):
@@ -152,3 +156,61 @@ def test_myronenko_input_divisibility():
     assert models3d.myronenko2018(input_shape=(24, 24, 24, 1), vae=False).output_shape == (
         None, 24, 24, 24, 1,
     )
+
+
+def test_branch_free_model_takes_the_weights_by_name_and_predicts_the_same():
+    kwargs = dict(input_shape=(16, 16, 16, 1), n_base_filters=2)
+    model = models3d.myronenko2018(**kwargs)
+    bare = models3d.myronenko2018(vae=False, **kwargs)
+    for layer in bare.layers:
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    x = np.random.default_rng(5).normal(size=(2, 16, 16, 16, 1)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bare(x, training=False)),
+        keras.ops.convert_to_numpy(model(x, training=False)),
+        rtol=1e-6, atol=1e-7,
+    )
+    assert not bare.losses and len(model.losses) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(vae=False, l2_weight=-1), r"`l2_weight`.*>= 0.*l2_weight=-1"),
+        (dict(kl_weight=float("nan")), r"`kl_weight`.*kl_weight=nan"),
+        (dict(vae="yes"), r"`vae`.*bool.*vae='yes'"),
+        (dict(latent_dim=0), r"`latent_dim`.*>= 1"),
+    ],
+)
+def test_myronenko_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        models3d.myronenko2018(input_shape=(16, 16, 16, 1), **kwargs)
+
+
+def test_wiring_follows_the_paper():
+    # Myronenko 2018, Tables 1-2: decoder levels add the encoder output of
+    # their level after the 1x1x1 conv + trilinear up-sampling; the VAE
+    # branch starts at the encoder end point (the last of the 4 blocks of
+    # level 3) and ends with a 1x1x1 conv to the input's channels.
+    model = models3d.myronenko2018(input_shape=(16, 16, 16, 2), n_base_filters=8)
+    last_block = {0: 1, 1: 2, 2: 2, 3: 4}
+    for level in range(3):
+        add = model.get_layer(f"dec{level}_add")
+        assert add.input[0] is model.get_layer(f"dec{level}_up_upsample").output
+        skip = model.get_layer(f"enc{level}_block{last_block[level]}_add").output
+        assert add.input[1] is skip
+        assert isinstance(model.get_layer(f"dec{level}_up_upsample"), LinearUpSampling3D)
+        assert model.get_layer(f"dec{level}_up_conv").kernel_size == (1, 1, 1)
+    bottom = model.get_layer("enc3_block4_add").output
+    assert model.get_layer("vae_down_gn").input is bottom
+    assert model.get_layer("vae_down_conv").strides == (2, 2, 2)
+    assert model.get_layer("vae_reconstruction").filters == 2
+    assert isinstance(model.get_layer("vae_sampling"), VAESampling)
+    # Pre-activation ResNet block: GroupNorm -> ReLU -> Conv3D, twice, + id.
+    names = [l.name for l in model.layers if l.name.startswith("enc1_block2_")]
+    assert names == [
+        "enc1_block2_gn1", "enc1_block2_relu1", "enc1_block2_conv1",
+        "enc1_block2_gn2", "enc1_block2_relu2", "enc1_block2_conv2",
+        "enc1_block2_add",
+    ]
+    assert model.get_layer("enc1_block2_add").input[0] is model.get_layer("enc1_block1_add").output

@@ -2,9 +2,10 @@
 
 `tf_keras` (Keras 2.x) builds, independently of models3d, the RPDL original's
 U-net, V-net and Isensee17 from the architecture facts (SPEC.md section 6,
-written here with Keras 2's default layer names), saves them as HDF5 and we
-check that our models, after loading, predict the same. This checks the
-loader and, layer for layer, the architectures themselves.
+written here with Keras 2's default layer names and the original's layer
+creation order), saves them as HDF5 and we check that our models, after
+loading, predict the same. This checks the loader and, layer for layer, the
+architectures themselves, at the paper's depth 5 (on a small input).
 """
 
 import h5py
@@ -17,7 +18,7 @@ from models3d.weights import read_keras2_weights
 
 BACKEND = keras.backend.backend()
 SHAPE = (16, 16, 16, 1)
-DEPTH = 3
+DEPTH = 5
 BASE = 2
 
 needs_tf_keras = pytest.mark.skipif(
@@ -25,7 +26,7 @@ needs_tf_keras = pytest.mark.skipif(
 )
 
 
-def keras2_model(kind, base=BASE, depth=DEPTH, n_labels=1):
+def keras2_model(kind, base=BASE, depth=DEPTH, n_labels=1, n_segmentation_levels=3):
     """The original's architecture written with Keras 2 (tf_keras)."""
     tf_keras = pytest.importorskip("tf_keras")
     L = tf_keras.layers
@@ -52,18 +53,21 @@ def keras2_model(kind, base=BASE, depth=DEPTH, n_labels=1):
         x = L.Concatenate()([levels[level], up])
         x = conv_block(x, filters[level])
         x = conv_block(x, filters[level], kernel=1)
-        if kind == "isensee2017":
+        # The original creates a 1x1x1 segmentation conv on each of the
+        # finest levels for all three models; U-net and V-net only use the
+        # finest, the others dangle and are not part of the saved model.
+        if level < n_segmentation_levels:
             segs.insert(0, L.Conv3D(n_labels, 1)(x))
     if kind == "isensee2017":
         # Isensee et al. 2017: sum from the coarsest segmentation level,
         # up-sampling before each addition.
         out = None
-        for level in reversed(range(len(segs))):
+        for level in reversed(range(n_segmentation_levels)):
             out = segs[level] if out is None else L.Add()([out, segs[level]])
             if level > 0:
                 out = L.UpSampling3D(2)(out)
     else:
-        out = L.Conv3D(n_labels, 1)(x)
+        out = segs[0]
     out = L.Activation("sigmoid")(out)
     model = tf_keras.Model(inputs, out)
     rng = np.random.default_rng(1)
@@ -83,10 +87,7 @@ def keras2_model(kind, base=BASE, depth=DEPTH, n_labels=1):
 
 
 def ours(kind, base=BASE, depth=DEPTH):
-    kwargs = dict(input_shape=SHAPE, n_base_filters=base, depth=depth)
-    if kind == "isensee2017":
-        kwargs["n_segmentation_levels"] = depth - 1
-    return models3d.get(kind, **kwargs)
+    return models3d.get(kind, input_shape=SHAPE, n_base_filters=base, depth=depth)
 
 
 @needs_tf_keras
@@ -138,8 +139,21 @@ def test_mismatch_errors_leave_model_unchanged(tmp_path):
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
-    with pytest.raises(ValueError, match="layers with weights"):
-        models3d.load_original_weights(ours("unet", depth=2), path)
+    # Same weights, different architecture: the V-net's residual additions
+    # have no weights, so only the saved architecture tells them apart.
+    vnet = ours("vnet")
+    before = [np.array(w) for w in vnet.get_weights()]
+    with pytest.raises(ValueError, match=r"architectures differ.*Add \(file 0, model 5\)"):
+        models3d.load_original_weights(vnet, path)
+    for a, b in zip(before, vnet.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    models3d.load_original_weights(vnet, path, check_structure=False)
+
+    shallow = ours("unet", depth=2)
+    with pytest.raises(ValueError, match=r"architectures differ.*Conv3D \(file 28, model 10\)"):
+        models3d.load_original_weights(shallow, path)
+    with pytest.raises(ValueError, match="file has 55 layers with weights, the model has 19"):
+        models3d.load_original_weights(shallow, path, check_structure=False)
 
 
 def write_keras2_layout(path, layers, root=False, chunked=False):

@@ -34,6 +34,24 @@ def test_synth_writes_loadable_files(data_dir):
     assert (data.x == again.x).all() and (data.y == again.y).all()
 
 
+def test_synth_never_replaces_data_unasked(data_dir, tmp_path, capsys):
+    import shutil
+
+    copy = str(tmp_path / "data")
+    shutil.copytree(data_dir, copy)
+    before = {n: (tmp_path / "data" / n).read_bytes() for n in os.listdir(copy)}
+    args = ["synth", "--out", copy, "--bones", "3", "--surgeons", "2", "--size", "16"]
+    assert cli.main([*args, "--seed", "4"]) == 2
+    assert "already holds x3_2.npy, y3_2.npy" in capsys.readouterr().err
+    assert {n: (tmp_path / "data" / n).read_bytes() for n in os.listdir(copy)} == before
+    assert cli.main([*args, "--seed", "4", "--overwrite"]) == 0
+    assert (tmp_path / "data" / "x3_2.npy").read_bytes() != before["x3_2.npy"]
+    (tmp_path / "file").write_text("mine")
+    assert cli.main(["synth", "--out", str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 @pytest.mark.parametrize(
     "extra, listed",
     [

@@ -11,15 +11,14 @@ import os
 import keras
 
 from scripts import _io
-from scripts.demo import DEMO_LOSSES, DEMO_SCHEDULE, demo
+from scripts.demo import DEMO_LOSSES, DEMO_SCHEDULE, demo, demo_config
 
 
-def _finished_run(run):
+def _finished_run(run, config):
+    """What a finished earlier demo run leaves (one epoch, an untrained model)."""
     import models3d
 
-    _io.write_json(os.path.join(run, "config.json"), {
-        "experiment": "bone", "fold": 1, "model": "unet", "loss": "dl",
-        "lr": DEMO_SCHEDULE["lr"], "input_encoding": "scaled"})
+    _io.write_json(os.path.join(run, "config.json"), config.to_json())
     history = [{"epoch": 1, "loss": 0.9, "val_loss": 0.95}]
     _io.write_csv(os.path.join(run, "history.csv"), history)
     _io.write_json(os.path.join(run, "state.json"), {
@@ -33,7 +32,9 @@ def _finished_run(run):
 def test_demo_from_nothing(tmp_path, capsys):
     out = str(tmp_path / "demo")
     reused = os.path.join(out, "runs", "bone-unet-dl", "fold-1")
-    _finished_run(reused)
+    schedule = {**DEMO_SCHEDULE, "epochs": 1, "steps_per_epoch": 1, "batch_size": 2}
+    _finished_run(reused, demo_config(os.path.join(out, "data"), "dl", schedule, size=16,
+                                      base_filters=2))
     before = {f: os.stat(os.path.join(reused, f)).st_mtime_ns for f in os.listdir(reused)}
     text = demo(out, epochs=1, steps_per_epoch=1, batch_size=2, size=16, n_bones=3,
                 n_surgeons=2, base_filters=2)
@@ -46,7 +47,8 @@ def test_demo_from_nothing(tmp_path, capsys):
     config = _io.read_json(os.path.join(run, "config.json"))
     assert (config["experiment"], config["fold"], config["model"], config["loss"]) == (
         "bone", 1, "unet", "rpdl")
-    assert config["lr"] == DEMO_SCHEDULE["lr"]
+    for key in ("lr", "lr_schedule", "augment"):  # the schedule, less what the test shortens
+        assert config[key] == DEMO_SCHEDULE[key]
     assert [r["epoch"] for r in _io.read_csv(os.path.join(run, "history.csv"))] == ["1"]
     for name in ("results.md", "results.csv", "training_curves.png", "dice_boxplot.png"):
         assert os.path.isfile(os.path.join(out, "report", name))

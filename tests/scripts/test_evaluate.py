@@ -141,7 +141,7 @@ def test_plots_and_find_runs(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
-def test_evaluate_command_against_numpy(tmp_path):
+def test_evaluate_command_against_numpy(tmp_path, capsys):
     """The whole command on a fixed (untrained, seeded) model: every number
     of results.csv recomputed here from the model's own predictions."""
     import csv
@@ -165,8 +165,15 @@ def test_evaluate_command_against_numpy(tmp_path):
                                              "input_encoding": "scaled"})
         model.save(run / "model.keras")
         runs.append(run)
+    # An Experiment 1 run (bone 2 held out) in the same report, given twice.
+    bone_run = tmp_path / "bone-runs" / "fold-2"
+    _io.write_json(bone_run / "config.json", {"experiment": "bone", "fold": 2, "model": "vnet",
+                                              "loss": "rpdl", "input_encoding": "scaled"})
+    model.save(bone_run / "model.keras")
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--runs",
-                 str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
+                 str(tmp_path / "runs"), str(tmp_path / "bone-runs"), str(bone_run),
+                 "--out", str(tmp_path / "rep")]) == 0
+    assert f"note: {bone_run} is not finished" in capsys.readouterr().err  # no state.json
     x = (data.x.astype(np.float32) / 6.5 - 1.0)[..., None]
     prob = keras.ops.convert_to_numpy(model(x[:: data.n_surgeons], training=False))[..., 0]
     y = data.y.reshape(3, 2, 16, 16, 16)
@@ -187,8 +194,17 @@ def test_evaluate_command_against_numpy(tmp_path):
         assert float(got[metric, "unet", "Surgeon1"]["mean"]) == pytest.approx(want[:3].mean(), abs=1e-6)
         base = np.array([c[i] for c in base_cases])
         assert float(got[metric, "unet", "Surgeon baseline"]["mean"]) == pytest.approx(base.mean(), abs=1e-6)
+        # Experiment 1: bone 2 (index 1) against both its surgeons, map of both.
+        m = np_rpmap(y[1])
+        want = np.array([(np_dice(a, prob[1]), np_rpd(a, prob[1], m))[i] for a in y[1]])
+        for row in ("Bone2", "Overall"):
+            cell = got[metric, "vnet", row]
+            assert cell["experiment"] == "bone" and cell["loss"] == "rpdl" and cell["n"] == "2"
+            assert float(cell["mean"]) == pytest.approx(want.mean(), abs=1e-6)
+            assert float(cell["std"]) == pytest.approx(want.std(), abs=1e-6)
     md = (tmp_path / "rep" / "results.md").read_text()
     assert "Experiment 2" in md and "| Surgeon baseline |" in md
+    assert "Experiment 1" in md and "| Training loss | rpdl |" in md
     for name in ("training_curves.png", "dice_boxplot.png", "cases.csv"):
         assert (tmp_path / "rep" / name).is_file()
 
@@ -228,3 +244,41 @@ def test_surface_metrics_in_the_protocol():
     want = [_np_hd95_nsd(a, pred) for a in y[:S]]
     np.testing.assert_allclose([c["hd95"] for c in cases], [w[0] for w in want], rtol=1e-4)
     np.testing.assert_allclose([c["nsd"] for c in cases], [w[1] for w in want], rtol=1e-4)
+
+
+def test_evaluate_usage_errors_name_the_run(tmp_path, capsys):
+    import keras
+
+    import models3d
+    from cm_dataset import synthetic
+    from scripts import _io
+    from scripts.cli import main
+
+    synthetic.generate(n_bones=3, n_surgeons=2, size=16, seed=0).save(tmp_path / "data")
+    run = tmp_path / "run"
+
+    def evaluate():
+        return main(["evaluate", "--data", str(tmp_path / "data"), "--runs", str(run),
+                     "--out", str(tmp_path / "rep")])
+
+    config = {"experiment": "bone", "fold": 2, "model": "unet", "loss": "dl"}
+    _io.write_json(run / "config.json", config)
+    assert evaluate() == 2
+    assert f"{run}: no model.keras" in capsys.readouterr().err
+    _io.write_json(run / "config.json", {**config, "fold": 4})
+    assert evaluate() == 2
+    assert f"{run}: fold 4 of experiment 'bone' does not exist in --data" in capsys.readouterr().err
+    (run / "config.json").write_text("{not json")
+    assert evaluate() == 2
+    assert f"{run / 'config.json'}: not a cmseg run configuration" in capsys.readouterr().err
+    _io.write_json(run / "config.json", config)
+    keras.utils.set_random_seed(0)
+    models3d.get("unet", input_shape=(32, 32, 32, 1), n_base_filters=2, depth=2).save(
+        run / "model.keras")
+    assert evaluate() == 2
+    err = capsys.readouterr().err
+    assert "takes volumes of shape (32, 32, 32), --data holds (16, 16, 16)" in err
+    assert main(["evaluate", "--data", str(tmp_path / "run"), "--runs", str(run),
+                 "--out", str(tmp_path / "rep")]) == 2
+    assert f"--data {tmp_path / 'run'}:" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()

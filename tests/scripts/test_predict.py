@@ -67,7 +67,7 @@ def _write_keras2_h5(model, path):
                 g.create_dataset(name.decode(), data=w)
 
 
-def test_predict_original_h5_single_volume(tmp_path):
+def test_predict_original_h5_single_volume(tmp_path, capsys):
     source = _model(n_base_filters=4, depth=5)  # the original's settings
     _write_keras2_h5(source, tmp_path / "unet_bone1_heatmapdice.h5")
     x = np.random.default_rng(1).integers(0, 14, size=(SIZE, SIZE, SIZE)).astype(np.int16)
@@ -79,6 +79,15 @@ def test_predict_original_h5_single_volume(tmp_path):
     want = keras.ops.convert_to_numpy(source(_reference_input(x[None]), training=False))[..., 0]
     np.testing.assert_allclose(prob, want, atol=1e-5)
     assert _png(out / "slices.png")
+    # The wrong architecture for the file: a usage error naming the file.
+    h5 = tmp_path / "unet_bone1_heatmapdice.h5"
+    before = h5.read_bytes()
+    assert main(["predict", "--model", str(h5), "--architecture", "isensee2017", "--input",
+                 str(tmp_path / "x.npy"), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {h5}: not loadable as an original isensee2017 model" in err
+    assert "--architecture" in err
+    assert h5.read_bytes() == before and not os.path.exists(tmp_path / "o2")
 
 
 @pytest.mark.parametrize(
@@ -110,7 +119,17 @@ def test_input_errors_exit_2(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "m.pt"), "--input",
                  str(tmp_path / "ok.npy"), "--out", str(tmp_path / "o")]) == 2
     assert "unknown format" in capsys.readouterr().err
+    (tmp_path / "bad.keras").write_bytes(b"not a zip file")
+    assert main(["predict", "--model", str(tmp_path / "bad.keras"), "--input",
+                 str(tmp_path / "ok.npy"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {tmp_path / 'bad.keras'}: unreadable as a Keras model" in err
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "bad.npy"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert f"--input {tmp_path / 'bad.npy'}: unreadable" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+    assert (tmp_path / "bad.keras").read_bytes() == b"not a zip file"  # inputs untouched
 
 
 def test_encode_onehot():

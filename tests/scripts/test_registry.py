@@ -1,6 +1,10 @@
 """`scripts.registry`: loss names from the library, aliases, targets."""
 
+import inspect
+import json
+
 import keras
+import numpy as np
 import pytest
 
 import keras_seglosses
@@ -54,3 +58,49 @@ def test_valid_folds():
     assert registry.valid_folds("bone", n_bones=3, n_surgeons=2) == (1, 2, 3)
     with pytest.raises(ValueError, match="bone, surgeon"):
         registry.valid_folds("patient")
+
+
+@pytest.fixture(scope="module")
+def batches():
+    """One batch of each target layout, as `cm_dataset` packs it for training."""
+    from cm_dataset import make_dataset, synthetic
+
+    data = synthetic.generate(n_bones=2, n_surgeons=3, size=16, seed=1)
+    return {
+        t: next(iter(make_dataset(data, 1, 1, batch_size=2, targets=t, augment=None)))
+        for t in ("plain", "rpdl", "legacy")
+    }
+
+
+def _required_arguments(name):
+    params = inspect.signature(registry.loss_class(name).__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+@pytest.mark.parametrize("name", registry.loss_names())
+def test_every_name_computes_on_the_targets_it_is_given(name, batches):
+    """Each `--loss` builds with its defaults and gives a finite value on the
+    targets `train` packs for it (a loss handed the wrong layout raises);
+    one with required arguments says which (`--loss-config`)."""
+    required = _required_arguments(name)
+    if required:
+        with pytest.raises(ValueError, match=f"loss_config.*{required[0]}"):
+            registry.make_loss(name)
+        return
+    x, y = batches[registry.loss_targets(name)]
+    y = keras.ops.convert_to_numpy(y)
+    pred = np.random.default_rng(0).uniform(0.05, 0.95, y.shape[:-1] + (1,)).astype("float32")
+    value = registry.make_loss(name, pos_weight=20.0)(y, pred)
+    assert np.isfinite(float(keras.ops.convert_to_numpy(value)))
+
+
+def test_compound_from_json_config(batches):
+    members = [[keras.saving.serialize_keras_object(keras_seglosses.Dice()), 1.0],
+               [keras.saving.serialize_keras_object(keras_seglosses.CrossEntropy()), 0.5]]
+    loss = registry.make_loss("compound", **json.loads(json.dumps({"losses": members})))
+    x, y = batches["plain"]
+    pred = np.full(tuple(y.shape), 0.5, "float32")
+    want = keras_seglosses.Dice()(y, pred) + 0.5 * keras_seglosses.CrossEntropy()(y, pred)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss(y, pred)),
+                               keras.ops.convert_to_numpy(want), rtol=1e-5)

@@ -1,11 +1,15 @@
-"""`scripts.train`: the paper's recipe, crash-safe resumption, refusal to
+"""`scripts.train`: the paper's recipe, crash-safe resumption (a resumed
+run computes exactly what the uninterrupted one does, after a simulated
+kill at every stage of an epoch and after a real SIGKILL), refusal to
 overwrite, and data-parallel training on two virtual CPU devices."""
 
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -37,6 +41,176 @@ def tiny(data_dir, **kw):
 
 class Killed(Exception):
     pass
+
+
+def _history(run):
+    return [
+        (int(r["epoch"]), float(r["loss"]), float(r["val_loss"]), float(r["learning_rate"]))
+        for r in _io.read_csv(os.path.join(run, tr.HISTORY))
+    ]
+
+
+def _weights(run):
+    import keras_seglosses  # noqa: F401  (registered classes)
+    import models3d  # noqa: F401
+
+    model = keras.models.load_model(os.path.join(run, tr.MODEL), compile=False)
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def _assert_same_run(run, reference):
+    got, want = _history(run), _history(reference)
+    assert [r[0] for r in got] == [r[0] for r in want]
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5)
+    for a, b in zip(_weights(run), _weights(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    state = _io.read_json(os.path.join(run, tr.STATE))
+    assert state["finished"] and state["best_epoch"] == _io.read_json(
+        os.path.join(reference, tr.STATE))["best_epoch"]
+    assert not os.path.exists(os.path.join(run, tr.RESUME_DIR))
+    assert not [f for f in os.listdir(run) if ".tmp" in f]
+
+
+# Full passes (so the reshuffles matter), random symmetries, dropout, and a
+# learning-rate patience of 1 so that the schedule changes within 4 epochs.
+EQUIVALENCE = dict(epochs=4, steps_per_epoch=None, lr_patience=1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("reference") / "run")
+    assert tr.train(tiny(data_dir, **EQUIVALENCE), run, log=lambda _: None) == "trained"
+    return run
+
+
+class _DieInEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.current = epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch:
+            raise Killed
+
+
+def _kill_at(stage, monkeypatch, epoch=3):
+    """Make `epoch` die at `stage`; return the extra callbacks to train with."""
+    if stage == "training":  # after a weight update of the epoch
+        return [_DieInEpoch(epoch)]
+    if stage == "saving checkpoint":  # half-way through writing it
+        real_save = keras.Model.save
+
+        def save(self, path, *args, **kwargs):
+            if f"epoch-{epoch:04d}" in str(path):
+                with open(path, "wb") as f:
+                    f.write(b"PK\x03\x04 partial")
+                raise Killed
+            return real_save(self, path, *args, **kwargs)
+
+        monkeypatch.setattr(keras.Model, "save", save)
+    elif stage == "committing":  # checkpoint on disk, state not yet replaced
+        real_write_json = _io.write_json
+
+        def write_json(path, obj):
+            if path.endswith(tr.STATE) and obj.get("epoch") == epoch:
+                raise Killed
+            real_write_json(path, obj)
+
+        monkeypatch.setattr(_io, "write_json", write_json)
+    elif stage == "refreshing derived files":  # state committed, history.csv stale
+        real_refresh = tr._refresh_derived
+
+        def refresh(rundir, state):
+            if state["epoch"] == epoch:
+                raise Killed
+            real_refresh(rundir, state)
+
+        monkeypatch.setattr(tr, "_refresh_derived", refresh)
+    return []
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "training",
+        "saving checkpoint",
+        # JAX and torch read the pipeline differently (see train.py): once there.
+        pytest.param("committing", marks=pytest.mark.backends),
+        "refreshing derived files",
+    ],
+)
+def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path, monkeypatch, uninterrupted,
+                                              stage):
+    run = str(tmp_path / "run")
+    config = tiny(data_dir, **EQUIVALENCE)
+    with pytest.raises(Killed):
+        tr.train(config, run, callbacks=_kill_at(stage, monkeypatch), log=lambda _: None)
+    monkeypatch.undo()
+    committed = 3 if stage == "refreshing derived files" else 2
+    assert _io.read_json(os.path.join(run, tr.STATE))["epoch"] == committed
+    assert tr.train(config, run, log=lambda _: None) == "resumed"
+    _assert_same_run(run, uninterrupted)
+
+
+def test_cosine_schedule_survives_a_kill(data_dir, tmp_path, monkeypatch):
+    run = str(tmp_path / "run")
+    config = tiny(data_dir, lr_schedule="cosine", lr=1e-3, epochs=3)
+    with pytest.raises(Killed):
+        tr.train(config, run, callbacks=_kill_at("committing", monkeypatch, epoch=2),
+                 log=lambda _: None)
+    monkeypatch.undo()
+    assert tr.train(config, run, log=lambda _: None) == "resumed"
+    # lr (1 + cos(pi e / E)) / 2 for epochs e = 0, 1, 2 of E = 3.
+    np.testing.assert_allclose([r[3] for r in _history(run)], [1e-3, 7.5e-4, 2.5e-4], rtol=1e-5)
+    assert "reduce_lr" not in _io.read_json(os.path.join(run, tr.STATE))["callbacks"]
+    with pytest.raises(tr.UsageError, match="plateau, cosine"):
+        tr.train(tiny(data_dir, lr_schedule="step"), str(tmp_path / "r"), log=lambda _: None)
+
+
+def test_sigkill_then_same_command_resumes(data_dir, tmp_path):
+    """A real kill: SIGKILL the `cmseg train` process once it has committed
+    two epochs, plant what a kill in the middle of a write leaves, rerun the
+    same command; the result equals an uninterrupted run of that command."""
+    from scripts.cli import main
+
+    def command(out):
+        return ["train", "--data", data_dir, "--experiment", "bone", "--fold", "2",
+                "--out", out, "--epochs", "8", "--batch-size", "2", "--base-filters", "2",
+                "--depth", "2", "--loss", "dl"]
+
+    run, reference = str(tmp_path / "run"), str(tmp_path / "reference")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "scripts", *command(run)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_path = os.path.join(run, tr.STATE)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if os.path.isfile(state_path) and _io.read_json(state_path)["epoch"] >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    state = _io.read_json(state_path)
+    assert 2 <= state["epoch"] < 8 and not state["finished"]
+    # What a kill during atomic writes leaves behind, and a user's file.
+    for stale in (".history.x1.tmp.csv", ".model.x2.tmp.keras", ".state.x3.tmp.json",
+                  os.path.join(tr.RESUME_DIR, ".epoch-0009.x4.tmp.keras")):
+        with open(os.path.join(run, stale), "w") as f:
+            f.write("partial")
+    with open(os.path.join(run, "notes.tmp.txt"), "w") as f:
+        f.write("mine")
+
+    assert main(command(run)) == 0
+    assert main(command(reference)) == 0
+    assert sorted(os.listdir(run)) == sorted(os.listdir(reference) + ["notes.tmp.txt"])
+    os.remove(os.path.join(run, "notes.tmp.txt"))
+    _assert_same_run(run, reference)
 
 
 def test_killed_run_resumes_without_losing_or_repeating_epochs(data_dir, tmp_path, monkeypatch):
@@ -104,8 +278,41 @@ def test_paper_recipe_defaults():
 def test_unfinished_run_with_other_settings_is_refused(data_dir, tmp_path):
     run = tmp_path / "run"
     _io.write_json(run / tr.CONFIG, tiny(data_dir, loss="dl").to_json())
-    with pytest.raises(tr.UsageError, match="loss: 'dl' -> 'rpdl'"):
+    message = "unfinished run with other settings.*loss: 'dl' -> 'rpdl'"
+    with pytest.raises(tr.UsageError, match=message):
         tr.train(tiny(data_dir), str(run), log=lambda _: None)
+
+
+def test_finished_run_kept_refused_or_overwritten(data_dir, tmp_path, capsys):
+    """Same command: left untouched; other settings: exit 2, untouched;
+    --overwrite: trained again from nothing."""
+    from scripts.cli import main
+
+    run = str(tmp_path / "run")
+    command = ["train", "--data", data_dir, "--experiment", "bone", "--fold", "3", "--out", run,
+               "--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1",
+               "--base-filters", "2", "--depth", "2"]
+    assert main(command) == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+
+    def snapshot():
+        return {f: os.stat(os.path.join(run, f)).st_mtime_ns for f in os.listdir(run)}
+
+    before = snapshot()
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "finished run, left untouched" in capsys.readouterr().out
+    assert main([*command[:-4], "--base-filters", "4", "--depth", "2"]) == 2
+    assert "finished run with other settings (base_filters: 2 -> 4)" in capsys.readouterr().err
+    assert snapshot() == before
+    bad = [str(tmp_path / "missing") if a == data_dir else a for a in command]
+    assert main([*bad, "--overwrite"]) == 2  # checked before anything is removed
+    assert snapshot() == before
+    assert main([*command, "--overwrite"]) == 0
+    after = snapshot()
+    assert after["notes.txt"] == before["notes.txt"]
+    assert all(after[f] != before[f] for f in (tr.CONFIG, tr.HISTORY, tr.MODEL, tr.STATE))
+    assert [r["epoch"] for r in _io.read_csv(os.path.join(run, tr.HISTORY))] == ["1"]
 
 
 def test_bad_values_are_usage_errors(data_dir, tmp_path):
@@ -120,6 +327,11 @@ def test_bad_values_are_usage_errors(data_dir, tmp_path):
                  log=lambda _: None)
     with pytest.raises(tr.UsageError, match="--data"):
         tr.train(tiny(str(tmp_path / "missing")), str(tmp_path / "r"), log=lambda _: None)
+    with pytest.raises(tr.UsageError, match="--model isensee2017: .*n_segmentation_levels"):
+        tr.train(tiny(data_dir, model="isensee2017"), str(tmp_path / "r"), log=lambda _: None)
+    # Fold 1 trains on 3 pairs (1 of the 4 validates): a batch of 4 is empty.
+    with pytest.raises(tr.UsageError, match="at most the 3 training pairs"):
+        tr.train(tiny(data_dir, batch_size=4), str(tmp_path / "r"), log=lambda _: None)
     assert not os.path.exists(tmp_path / "r")  # nothing written for a refused run
 
 
