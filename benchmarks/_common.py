@@ -1,7 +1,9 @@
-"""Shared benchmark utilities: timing, peak memory, machine description, and
-writing a section of BENCHMARKS.md between markers so that each script owns
-its own section."""
+"""Shared benchmark utilities: the command line, timing, peak memory,
+machine description, one process per backend, and writing a section of
+BENCHMARKS.md between markers so that each script owns its own section."""
 
+import argparse
+import json
 import os
 import platform
 import re
@@ -14,6 +16,47 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def add_output_flags(parser, quick_help):
+    """`--quick` (a smaller run, `quick_help` says which) and `--print-only`:
+    either prints the results and leaves BENCHMARKS.md alone."""
+    parser.add_argument("--quick", action="store_true", help=f"{quick_help}, print only")
+    parser.add_argument("--print-only", action="store_true",
+                        help="print the results, do not write BENCHMARKS.md")
+
+
+# `--quick` for the scripts that time a batch of `--size`^3 volumes
+QUICK_BATCH, QUICK_SIZE, QUICK_REPEATS = 2, 32, 2
+
+
+def volume_parser(doc, batch, size=64, repeats=3):
+    """The command line of a script that times a batch of cubic volumes on
+    each backend, each in a fresh `--worker` process (`run_per_backend`)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    add_output_flags(parser, f"{QUICK_BATCH}x{QUICK_SIZE}^3")
+    parser.add_argument("--backends", default="tensorflow,jax,torch",
+                        help="comma-separated Keras backends")
+    return parser
+
+
+def parse_volume_args(parser):
+    """Parse `volume_parser`'s arguments; `--quick` sets the small run and
+    `backends` becomes a tuple."""
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.size, args.repeats = QUICK_BATCH, QUICK_SIZE, QUICK_REPEATS
+    args.backends = tuple(b for b in args.backends.split(",") if b)
+    return args
+
+
+def volume_worker_args(args):
+    """The arguments a `--worker` process gets from `parse_volume_args`."""
+    return ["--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats)]
 
 
 def median_time(fn, repeats=5, warmup=1):
@@ -47,8 +90,9 @@ def machine():
 
 
 def run_per_backend(script, backends=("tensorflow", "jax", "torch"), args=()):
-    """Run `script` once per backend in a fresh process (a Keras backend is
-    fixed at import), returning each process's stdout."""
+    """Run `script --worker *args` once per backend in a fresh process (a
+    Keras backend is fixed at import); return, per backend, the JSON object
+    the worker printed as its last line."""
     out = {}
     for b in backends:
         env = dict(os.environ, KERAS_BACKEND=b)
@@ -58,7 +102,7 @@ def run_per_backend(script, backends=("tensorflow", "jax", "torch"), args=()):
         )
         if res.returncode != 0:
             raise RuntimeError(f"{script} on {b} failed:\n{res.stderr[-4000:]}")
-        out[b] = res.stdout
+        out[b] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
 
 

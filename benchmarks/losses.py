@@ -19,7 +19,6 @@ main one).
 (case-insensitive); any subset, another shape or `--quick` prints only.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -29,7 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine, median_time, run_per_backend, write_section  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    machine,
+    median_time,
+    parse_volume_args,
+    run_per_backend,
+    volume_parser,
+    volume_worker_args,
+    write_section,
+)
 
 REGION = [
     # (row label, constructor expression evaluated with keras_seglosses as ks)
@@ -55,6 +62,9 @@ REGION = [
     ("DiceTopK", "ks.DiceTopK()"),
     ("ExpLog", "ks.ExpLog()"),
     ("Boundary (packed map)", "ks.Boundary()"),
+    ("RegionWise (RRW, packed map)", "ks.RegionWise()"),
+    ("RegionSpecificDice", "ks.RegionSpecificDice()"),
+    ("AdaptiveRegionSpecificTversky", "ks.AdaptiveRegionSpecificTversky()"),
 ]
 DISTANCE = [
     ("DistancePenalizedCrossEntropy", "ks.DistancePenalizedCrossEntropy()"),
@@ -63,12 +73,14 @@ DISTANCE = [
     ("HausdorffDT (packed d_G; d_S still computed)", "ks.HausdorffDT()"),
     ("DiceBoundary", "ks.DiceBoundary(alpha=0.5)"),
     ("DiceHD", "ks.DiceHD()"),
+    ("RegionWise (RRW computed)", "ks.RegionWise()"),
 ]
 # which packed map each row reads (None: labels only)
 PACKED = {
     "RewardPenaltyDice (RPDL)": "rp",
     "Boundary (packed map)": "sdf",
     "HausdorffDT (packed d_G; d_S still computed)": "dist",
+    "RegionWise (RRW, packed map)": "rrw",
 }
 
 
@@ -110,15 +122,18 @@ def worker(batch, size, repeats, only=""):
 
     floor_s = median_time(floor, repeats=repeats)
 
-    from keras_seglosses.losses.boundary import channel_map
-    from keras_seglosses.ops import signed_distance
+    from keras_seglosses.losses.boundary import signed_distance_map
 
-    sdf = keras.ops.convert_to_numpy(channel_map(signed_distance, y))
+    sdf = keras.ops.convert_to_numpy(signed_distance_map(y))
+    # one sigmoid channel: the RRW map has two (background, foreground),
+    # packed as two one-channel slots
+    z = keras.ops.convert_to_numpy(ks.rrw_map(y))
     targets = {
         None: y,
         "rp": ks.pack_targets(y, m),
         "sdf": ks.pack_targets(y, sdf),
         "dist": ks.pack_targets(y, np.abs(sdf)),
+        "rrw": ks.pack_targets(y, z[..., :1], z[..., 1:]),
     }
 
     def step_fn(loss):
@@ -193,37 +208,23 @@ def table(results, rows, backends):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="2x32^3, print only")
-    parser.add_argument("--print-only", action="store_true",
-                        help="print the tables, do not write BENCHMARKS.md")
+    parser = volume_parser(__doc__, batch=16)
     parser.add_argument("--only", default="",
                         help="comma-separated words: run only the rows whose label "
                         "contains one of them (prints only)")
-    parser.add_argument("--backends", default="tensorflow,jax,torch")
-    args = parser.parse_args()
-    if args.quick:
-        args.batch, args.size, args.repeats = 2, 32, 2
+    args = parse_volume_args(parser)
     if args.worker:
         worker(args.batch, args.size, args.repeats, args.only)
         return
     if not selected(REGION + DISTANCE, args.only):
         parser.error(f"--only {args.only!r} matches no row")
-    backends = tuple(args.backends.split(","))
+    backends = args.backends
     t0 = time.perf_counter()
-    out = run_per_backend(
-        __file__, backends,
-        ["--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats),
-         "--only", args.only],
-    )
-    results = {b: json.loads(out[b].strip().splitlines()[-1]) for b in backends}
+    results = run_per_backend(__file__, backends, volume_worker_args(args) + ["--only", args.only])
     total = time.perf_counter() - t0
     shape = f"{args.batch}x{args.size}^3x1"
-    full = (args.batch, args.size, args.repeats, args.only) == (16, 64, 3, "")
+    full = (args.batch, args.size, args.repeats, args.only, backends) == (
+        16, 64, 3, "", ("tensorflow", "jax", "torch"))
     command = "python benchmarks/losses.py" + (" --quick" if args.quick else "")
     distance_table = table(results, DISTANCE, backends)
     md = "\n\n".join(part for part in [

@@ -15,7 +15,6 @@ median of `--repeats` runs after one warm-up (compiling) run, alternating
 the two sides so that both see the same load; the ratio is ours over MONAI.
 """
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import machine, run_per_backend, write_section  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    machine,
+    parse_volume_args,
+    run_per_backend,
+    volume_parser,
+    volume_worker_args,
+    write_section,
+)
 
 
 def volumes(batch, size):
@@ -107,33 +113,19 @@ def worker(batch, size, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="2x32^3, print only")
-    parser.add_argument("--print-only", action="store_true",
-                        help="print the table, do not write BENCHMARKS.md")
-    parser.add_argument("--backends", default="tensorflow,jax,torch")
-    args = parser.parse_args()
-    if args.quick:
-        args.batch, args.size, args.repeats = 2, 32, 2
+    args = parse_volume_args(volume_parser(__doc__, batch=8))
     if args.worker:
         worker(args.batch, args.size, args.repeats)
         return
-    backends = tuple(args.backends.split(","))
-    out = run_per_backend(
-        Path(__file__), backends,
-        ["--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats)],
-    )
+    backends = args.backends
+    results = run_per_backend(Path(__file__), backends, volume_worker_args(args))
     rows = [
         "| backend | keras_seglosses HD95+NSD (s) | first call incl. compile (s) | MONAI (s) "
         "| ratio | max rel. diff HD95 | max abs. diff NSD |",
         "|---|---|---|---|---|---|---|",
     ]
     for b in backends:
-        r = json.loads(out[b].strip().splitlines()[-1])
+        r = results[b]
         rows.append(
             f"| {r['backend']} | {r['ours']:.3f} | {r['first']:.1f} | {r['monai']:.3f} "
             f"| {r['ours'] / r['monai']:.2f} | {r['hd_err']:.1e} | {r['nsd_err']:.1e} |"

@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (  # noqa: E402
+    add_output_flags,
     machine,
     median_time,
     peak_rss_mib,
@@ -96,8 +97,7 @@ def run(backend, name, size, steps):
     args = ["--model", name, "--size", str(size), "--steps", str(steps)]
     if backend == "tensorflow-xla":
         args.append("--jit-compile")
-    out = run_per_backend(Path(__file__).resolve(), (keras_backend,), args)
-    return json.loads(out[keras_backend].strip().splitlines()[-1])
+    return run_per_backend(Path(__file__).resolve(), (keras_backend,), args)[keras_backend]
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -146,9 +146,7 @@ def main():
                         help="spatial size of the cubic input (divisible by 16)")
     parser.add_argument("--steps", type=int, default=STEPS,
                         help="timed steps after the compiling one")
-    parser.add_argument("--quick", action="store_true", help="32^3, 1 step, print only")
-    parser.add_argument("--print-only", action="store_true",
-                        help="print the table, do not write BENCHMARKS.md")
+    add_output_flags(parser, "32^3, 1 step")
     parser.add_argument("--only", default=",".join(NAMES),
                         help="comma-separated architectures (prints only)")
     parser.add_argument("--backends", default=",".join(BACKENDS),

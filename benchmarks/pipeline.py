@@ -36,7 +36,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import machine, median_time, peak_rss_mib, write_section  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    add_output_flags,
+    machine,
+    median_time,
+    peak_rss_mib,
+    write_section,
+)
 
 BATCH = 16
 PAIRS = 56  # one Experiment-1 fold: 8 training bones x 7 surgeons
@@ -142,12 +148,7 @@ def copy_rate(x, y):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="fewer batches, print only (no BENCHMARKS.md)"
-    )
-    parser.add_argument(
-        "--print-only", action="store_true", help="the full run, printed, BENCHMARKS.md untouched"
-    )
+    add_output_flags(parser, "fewer batches")
     args = parser.parse_args()
     batches, repeats, n_slice = (8, 3, 4) if args.quick else (30, 5, 8)
 

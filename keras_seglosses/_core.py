@@ -81,17 +81,37 @@ def probabilities(y_pred, from_logits):
     return ops.softmax(y_pred, axis=-1)
 
 
+def split_targets(y_true, y_pred, name):
+    """Validate shapes, then return `(y_true, labels, y_pred)`: the whole
+    packed target and its first C channels (the labels) in float32, and
+    `y_pred` as a tensor (dtype unchanged)."""
+    y_true = ops.convert_to_tensor(y_true)
+    y_pred = ops.convert_to_tensor(y_pred)
+    check_shapes(y_true, y_pred, name)
+    y_true = ops.cast(y_true, "float32")
+    return y_true, y_true[..., : y_pred.shape[-1]], y_pred
+
+
 def prepare(y_true, y_pred, from_logits, name):
     """Validate, then return `(y_true, labels, probs)`, all float32.
 
     `y_true` is the whole packed target, `labels` its first C channels.
     """
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    check_shapes(y_true, y_pred, name)
-    y_true = ops.cast(y_true, "float32")
-    labels = y_true[..., : y_pred.shape[-1]]
+    y_true, labels, y_pred = split_targets(y_true, y_pred, name)
     return y_true, labels, probabilities(y_pred, from_logits)
+
+
+def per_channel(fn, x):
+    """Apply a batched op `fn: (n, *spatial) -> (n, *spatial)` (such as the
+    distance transforms of `keras_seglosses.ops`) to every channel of `x`
+    `(batch, *spatial, C)` in one call, by folding the channels into the
+    batch axis; returns `(batch, *spatial, C)`."""
+    spatial = tuple(x.shape[1:-1])
+    c = x.shape[-1]
+    rank = len(spatial)
+    folded = ops.reshape(ops.transpose(x, (0, rank + 1, *range(1, rank + 1))), (-1, *spatial))
+    out = ops.reshape(fn(folded), (-1, c, *spatial))
+    return ops.transpose(out, (0, *range(2, rank + 2), 1))
 
 
 # ----------------------------------------------------------------- reductions

@@ -22,6 +22,7 @@ so no inf or NaN ever reaches a loss:
 
 from keras import ops
 
+from keras_seglosses._core import per_channel
 from keras_seglosses.ops import distance_transform, signed_distance
 
 __all__ = ["rrw_map", "boundary_map", "ac_map", "RW_MAPS"]
@@ -44,20 +45,6 @@ def _classes(labels):
     if y.shape[-1] == 1:
         y = ops.concatenate([1.0 - y, y], axis=-1)
     return y
-
-
-def _per_class(fn, y):
-    """Apply `fn: (n, *spatial) -> (n, *spatial)` to every class channel of
-    `y` `(batch, *spatial, K)` at once, by folding the classes into the
-    batch axis."""
-    spatial = tuple(y.shape[1:-1])
-    k = y.shape[-1]
-    rank = len(spatial)
-    x = ops.transpose(y, (0, rank + 1, *range(1, rank + 1)))
-    x = ops.reshape(x, (-1, *spatial))
-    x = fn(x)
-    x = ops.reshape(x, (-1, k, *spatial))
-    return ops.transpose(x, (0, *range(2, rank + 2), 1))
 
 
 def rrw_map(labels, spacing=None):
@@ -102,7 +89,7 @@ def rrw_map(labels, spacing=None):
         top = ops.where(top > 0, top, 1.0)
         return ops.where(inside, -d / top, 1.0)
 
-    return ops.stop_gradient(_per_class(one_class, y))
+    return ops.stop_gradient(per_channel(one_class, y))
 
 
 def boundary_map(labels, spacing=None):
@@ -136,7 +123,7 @@ def boundary_map(labels, spacing=None):
         Valverde and Tohka [002, Eq. 3]; Kervadec et al., boundary loss.
     """
     y = _binarized(labels)
-    z = _per_class(lambda mask: signed_distance(mask, spacing), y)
+    z = per_channel(lambda mask: signed_distance(mask, spacing), y)
     if y.shape[-1] == 1:
         # The background's signed distance is the foreground's negated (the
         # same two transforms with the roles swapped), so one call serves both

@@ -9,7 +9,8 @@ concatenate them on the channel axis after the labels:
     y_true[..., C:2C]       first map
     y_true[..., 2C:3C]      second map, ...
 
-`pack_targets` and `unpack_targets` are the only places that know the layout.
+The functions of this module (`pack_targets`, `unpack_targets` and the
+readers the losses use) are the only places that know the layout.
 """
 
 import numpy as np
@@ -77,6 +78,21 @@ def n_packed_maps(y_true_shape, n_classes):
             f"Received: y_true.shape={tuple(y_true_shape)}."
         )
     return total // n_classes - 1
+
+
+def packed_or_computed(y_true, n_classes, index, compute, channels=None):
+    """Packed map number `index` of `y_true` when the static shape holds it
+    (without gradient), else `compute()`.
+
+    A map has `n_classes` channels, or `channels` (a two-channel map for one
+    sigmoid channel fills two one-channel slots, from slot `index` on).
+    """
+    channels = n_classes if channels is None else channels
+    start = (index + 1) * n_classes
+    total = (n_packed_maps(tuple(y_true.shape), n_classes) + 1) * n_classes
+    if total >= start + channels:
+        return ops.stop_gradient(y_true[..., start : start + channels])
+    return compute()
 
 
 def unpack_targets(y_true, n_classes):

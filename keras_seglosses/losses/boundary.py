@@ -15,14 +15,17 @@ from keras import ops
 from keras_seglosses._core import (
     SegLoss,
     check_number,
+    per_channel,
     per_sample,
     prepare,
     register,
+    spatial_axes,
 )
-from keras_seglosses.targets import n_packed_maps
+from keras_seglosses.ops.distance import signed_distance, spacing_argument
+from keras_seglosses.targets import packed_or_computed
 
 __all__ = [
-    "channel_map",
+    "signed_distance_map",
     "boundary",
     "hausdorff_dt",
     "Boundary",
@@ -30,44 +33,37 @@ __all__ = [
 ]
 
 
-def channel_map(fn, x, spacing=None):
-    """Apply a batched distance op `fn(mask, spacing)` to every channel.
+def signed_distance_map(labels, spacing=None):
+    """The signed distance `phi_G` of every channel, the map of `Boundary`.
+
+    Per sample and channel, `keras_seglosses.ops.signed_distance` of the
+    mask `labels > 0.5`: minus the distance to the background inside, the
+    distance to the mask outside, 0 for an empty or full mask. Precompute it
+    to pack it: `pack_targets(labels, signed_distance_map(labels))`.
 
     Args:
-        fn: `keras_seglosses.ops.signed_distance` or similar, mapping
-            `(batch, *spatial)` to the same shape.
-        x: tensor `(batch, *spatial, C)`.
-        spacing: passed to `fn`.
+        labels: tensor `(batch, *spatial, C)`, 2 or 3 spatial axes.
+        spacing: voxel size, a number or one per spatial axis. Defaults to
+            `None` (1).
 
     Returns:
-        float32 tensor `(batch, *spatial, C)`, without gradient.
+        float32 tensor of the same shape, without gradient.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.zeros((1, 1, 4, 1)); y[0, 0, 1:3] = 1
+    >>> np.asarray(signed_distance_map(y))[0, 0, :, 0].tolist()
+    [1.0, -1.0, -1.0, 1.0]
     """
-    x = ops.cast(x, "float32")
-    rank = len(x.shape)
-    c = x.shape[-1]
-    spatial = tuple(x.shape[1:-1])
-    # channels onto the batch axis, so one op call serves all of them
-    masks = ops.reshape(ops.transpose(x, (rank - 1,) + tuple(range(rank - 1))), (-1,) + spatial)
-    maps = ops.reshape(fn(masks, spacing), (c, -1) + spatial)
-    return ops.stop_gradient(ops.transpose(maps, tuple(range(1, rank)) + (0,)))
+    return per_channel(lambda mask: signed_distance(mask, spacing), labels)
 
 
 def boundary_distance(x, spacing=None):
     """`|signed distance|` per channel: inside a mask the distance to the
     nearest background voxel, outside the distance to the nearest mask voxel,
     0 for an empty or full mask (`x > 0.5` is the mask)."""
-    from keras_seglosses.ops import signed_distance
-
-    return ops.abs(channel_map(signed_distance, x, spacing))
-
-
-def packed_or_computed(y_true, n_classes, map_index, compute):
-    """The packed map number `map_index` of `y_true` if present (static
-    shapes decide), else `compute()`; without gradient."""
-    if n_packed_maps(tuple(y_true.shape), n_classes) > map_index:
-        start = (map_index + 1) * n_classes
-        return ops.stop_gradient(y_true[..., start : start + n_classes])
-    return compute()
+    return ops.abs(signed_distance_map(x, spacing))
 
 
 # ------------------------------------------------------------------ functions
@@ -83,14 +79,10 @@ def boundary(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    from keras_seglosses.ops import signed_distance
-
     y_true, g, s = prepare(y_true, y_pred, from_logits, "Boundary")
     c = s.shape[-1]
-    phi = packed_or_computed(
-        y_true, c, map_index, lambda: channel_map(signed_distance, g, spacing)
-    )
-    per_class = ops.mean(phi * s, axis=tuple(range(1, len(s.shape) - 1)))
+    phi = packed_or_computed(y_true, c, map_index, lambda: signed_distance_map(g, spacing))
+    per_class = ops.mean(phi * s, axis=spatial_axes(s))
     return per_sample(per_class, s, False, include_background)
 
 
@@ -113,22 +105,11 @@ def hausdorff_dt(
     d_g = packed_or_computed(y_true, c, map_index, lambda: boundary_distance(g, spacing))
     d_s = boundary_distance(ops.stop_gradient(s), spacing)
     weight = ops.power(d_g, alpha) + ops.power(d_s, alpha)
-    per_class = ops.mean(
-        ops.square(s - g) * weight, axis=tuple(range(1, len(s.shape) - 1))
-    )
+    per_class = ops.mean(ops.square(s - g) * weight, axis=spatial_axes(s))
     return per_sample(per_class, s, False, include_background)
 
 
 # -------------------------------------------------------------------- classes
-def check_spacing_argument(spacing):
-    if spacing is None:
-        return None
-    values = (spacing,) if isinstance(spacing, (int, float)) else tuple(spacing)
-    for v in values:
-        check_number("spacing", v, low=0, low_open=True)
-    return [float(v) for v in values] if not isinstance(spacing, (int, float)) else float(spacing)
-
-
 @register
 class Boundary(SegLoss):
     """Boundary loss (Kervadec et al.).
@@ -177,7 +158,7 @@ class Boundary(SegLoss):
         self.from_logits = bool(from_logits)
         self.include_background = bool(include_background)
         self.map_index = int(check_number("map_index", map_index, low=0, integer=True))
-        self.spacing = check_spacing_argument(spacing)
+        self.spacing = spacing_argument(spacing)
 
     def call(self, y_true, y_pred):
         return boundary(
@@ -231,7 +212,7 @@ class HausdorffDT(SegLoss):
         self.from_logits = bool(from_logits)
         self.include_background = bool(include_background)
         self.map_index = int(check_number("map_index", map_index, low=0, integer=True))
-        self.spacing = check_spacing_argument(spacing)
+        self.spacing = spacing_argument(spacing)
 
     def call(self, y_true, y_pred):
         return hausdorff_dt(

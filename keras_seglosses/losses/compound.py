@@ -15,7 +15,7 @@ from keras_seglosses._core import (
     register,
     voxel_mean,
 )
-from keras_seglosses.losses.boundary import Boundary, HausdorffDT, check_spacing_argument
+from keras_seglosses.losses.boundary import Boundary, HausdorffDT
 from keras_seglosses.losses.distribution import (
     CrossEntropy,
     Focal,
@@ -172,15 +172,13 @@ class _DicePlus(SegLoss):
     _dice_keys = ("smooth", "squared", "batch", "include_background")
 
     def _init_dice(self, smooth, squared, batch, from_logits, include_background):
-        self.smooth = float(check_number("smooth", smooth, low=0))
-        self.squared = bool(squared)
-        self.batch = bool(batch)
-        self.from_logits = bool(from_logits)
-        self.include_background = bool(include_background)
+        # `Dice` validates its arguments; its values are the config's
         self.dice = Dice(
-            smooth=self.smooth, squared=self.squared, batch=self.batch,
-            from_logits=self.from_logits, include_background=self.include_background,
+            smooth=smooth, squared=squared, batch=batch, from_logits=from_logits,
+            include_background=include_background,
         )
+        for key in self._dice_keys + ("from_logits",):
+            setattr(self, key, getattr(self.dice, key))
 
     def call(self, y_true, y_pred):
         return _weighted_sum(
@@ -351,10 +349,7 @@ class DiceBoundary(_DicePlus):
             float(alpha), trainable=False, dtype="float32", name="dice_boundary_alpha"
         )
         self._init_dice(smooth, squared, batch, from_logits, include_background)
-        self.other = Boundary(
-            from_logits=self.from_logits, map_index=map_index,
-            spacing=check_spacing_argument(spacing),
-        )
+        self.other = Boundary(from_logits=self.from_logits, map_index=map_index, spacing=spacing)
 
     def call(self, y_true, y_pred):
         alpha = ops.convert_to_tensor(self.alpha)
@@ -415,7 +410,7 @@ class DiceHD(_DicePlus):
         self._init_dice(smooth, squared, batch, from_logits, include_background)
         self.other = HausdorffDT(
             alpha=hd_alpha, from_logits=self.from_logits, map_index=map_index,
-            spacing=check_spacing_argument(spacing),
+            spacing=spacing,
         )
 
     def get_config(self):

@@ -20,14 +20,14 @@ from keras_seglosses._core import (
     check_number,
     prepare,
     register,
+    spatial_axes,
     voxel_mean,
     voxel_sum,
 )
-from keras_seglosses.losses.boundary import (
-    check_spacing_argument,
-    boundary_distance,
-    packed_or_computed,
-)
+from keras_seglosses.losses.boundary import boundary_distance
+from keras_seglosses.ops.distance import spacing_argument
+from keras_seglosses.ops.order import search_bits
+from keras_seglosses.targets import packed_or_computed
 
 __all__ = [
     "cross_entropy",
@@ -53,8 +53,8 @@ def _sides(y_true, y_pred, from_logits, multi_label, name):
     classes), two for sigmoid channels (background `1 - s`, foreground `s`),
     kept apart rather than concatenated to save memory traffic.
     """
-    y_true, labels, _ = prepare(y_true, y_pred, False, name)
-    logits = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+    # without `from_logits`, `prepare` only casts: these are the raw outputs
+    y_true, labels, logits = prepare(y_true, y_pred, False, name)
     sigmoid = multi_label or logits.shape[-1] == 1
     eps = keras.config.epsilon()
     if sigmoid:
@@ -174,45 +174,6 @@ _BLOCK = 128
 _FIELD = 256
 
 
-def _ceil_fraction(span, j):
-    """`ceil(span * j / 4)` for int32 `span`, without overflow."""
-    return (span // 4) * j + ((span % 4) * j + 3) // 4
-
-
-def _kth_largest(count_at_least, count, values):
-    """The exact `count`-th largest of the non-negative float32 `values`.
-
-    `count_at_least(values, t1, t2, t3)` gives `#{values >= t}` (int32) for
-    three thresholds. Non-negative IEEE floats order like their bit patterns
-    read as integers, so a search over those 31-bit integers finds the
-    largest float `v` with `#{values >= v} >= count`, which is an element of
-    the values. Each step splits the interval in four with three thresholds:
-    16 counting passes instead of a sort, which XLA on CPU runs 10-30x
-    slower.
-
-    Returns `(v, values)`: the values come back through the loop so that
-    later uses read them rather than recompute them.
-    """
-    count = ops.cast(count, "int32")
-
-    def body(_, state):
-        # invariant: #{values >= lo} >= count > #{values >= hi} (as floats)
-        lo, hi, values = state
-        cuts = [lo + _ceil_fraction(hi - lo, j) for j in (1, 2, 3)]
-        counts = count_at_least(values, *(ops.view(c, "float32") for c in cuts))
-        for cut, n in zip(cuts, counts):  # cuts increase, counts decrease
-            lo = ops.where(n >= count, cut, lo)
-        for cut, n in zip(cuts[::-1], counts[::-1]):
-            hi = ops.where(n < count, cut, hi)
-        return lo, hi, values
-
-    # 0x7F800001 lies above +inf (0x7F800000); a cut equal to it is viewed as
-    # NaN, which no value reaches, as it should
-    state = (ops.convert_to_tensor(0, "int32"), ops.convert_to_tensor(0x7F800001, "int32"), values)
-    lo, _, values = ops.fori_loop(0, 16, body, state)
-    return ops.view(lo, "float32"), values
-
-
 def _top_k_mean(values, k):
     """Mean of the `ceil(k% * n)` largest of the non-negative 1-D `values`.
 
@@ -257,7 +218,17 @@ def _top_k_mean(values, k):
         # torch's native top-k is fast, and eager loops are not
         tau = ops.min(ops.top_k(ops.reshape(frozen, (-1,)), int(count), sorted=False)[0])
     else:
-        tau, frozen = _kth_largest(count_at_least, count, frozen)
+        # the largest float tau with #{values >= tau} >= count, which is the
+        # exact count-th largest value
+        needed = ops.cast(count, "int32")
+
+        def enough(cuts, x):
+            floats = (ops.view(c, "float32") for c in cuts)
+            return [reached >= needed for reached in count_at_least(x, *floats)]
+
+        # four ways: `count_at_least` counts its three cuts in one product
+        bits, frozen = search_bits(enough, carry=frozen, ways=4)
+        tau = ops.view(bits, "float32")
     # the next float above tau (`ops.nextafter` rounds through float64 on TF)
     after = ops.view(ops.view(tau, "int32") + 1, "float32")
     reached, above, _ = count_at_least(frozen, tau, after, tau)
@@ -342,7 +313,7 @@ def dpce_penalty_map(labels, spacing=None):
     labels = ops.cast(labels, "float32")
     d = boundary_distance(labels, spacing)
     inside = labels > 0.5
-    axes = tuple(range(1, len(labels.shape) - 1))
+    axes = spatial_axes(labels)
     zero = ops.zeros_like(d)
     max_in = ops.max(ops.where(inside, d, zero), axis=axes, keepdims=True)
     max_out = ops.max(ops.where(inside, zero, d), axis=axes, keepdims=True)
@@ -635,7 +606,7 @@ class DistancePenalizedCrossEntropy(_DistributionLoss):
     ):
         super().__init__(from_logits, multi_label, reduction, name, dtype)
         self.map_index = int(check_number("map_index", map_index, low=0, integer=True))
-        self.spacing = check_spacing_argument(spacing)
+        self.spacing = spacing_argument(spacing)
 
     def call(self, y_true, y_pred):
         return distance_penalized_cross_entropy(

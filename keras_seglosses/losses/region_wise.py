@@ -16,28 +16,10 @@ from keras_seglosses._core import (
     voxel_mean,
 )
 from keras_seglosses.maps import RW_MAPS
+from keras_seglosses.ops.distance import spacing_argument
+from keras_seglosses.targets import packed_or_computed
 
 __all__ = ["region_wise", "RegionWise"]
-
-
-def _check_spacing(spacing):
-    """None, a positive number, or a list of positive numbers (plain Python
-    values for `get_config`); the length is checked against the input."""
-    if spacing is None:
-        return None
-    values = list(spacing) if isinstance(spacing, (tuple, list)) else [spacing]
-    ok = len(values) > 0
-    try:
-        values = [float(check_number("spacing", v, low=0, low_open=True)) for v in values]
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            "Invalid value for argument `spacing`. Expected None, a positive "
-            "number, or a list of positive numbers (one per spatial axis). "
-            f"Received: spacing={spacing!r}"
-        )
-    return values if isinstance(spacing, (tuple, list)) else values[0]
 
 
 def _check_map_index(map_index):
@@ -69,12 +51,12 @@ def region_wise(
     c = p.shape[-1]
     if c == 1:
         p = ops.concatenate([1.0 - p, p], axis=-1)
+    def compute():
+        return RW_MAPS[map](y, spacing)
+
+    # K = max(C, 2) map channels: one sigmoid channel's map fills two slots
     k = p.shape[-1]
-    start = c * (1 + (map_index or 0))
-    if map_index is not None and y_true.shape[-1] >= start + k:
-        z = ops.stop_gradient(y_true[..., start : start + k])
-    else:
-        z = RW_MAPS[map](y, spacing)
+    z = compute() if map_index is None else packed_or_computed(y_true, c, map_index, compute, k)
     return voxel_mean(p * z)
 
 
@@ -151,7 +133,7 @@ class RegionWise(SegLoss):
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.map = check_choice("map", map, set(RW_MAPS))
-        self.spacing = _check_spacing(spacing)
+        self.spacing = spacing_argument(spacing)
         self.map_index = _check_map_index(map_index)
         self.from_logits = bool(from_logits)
 

@@ -20,7 +20,8 @@ the centres of the dual-grid neighbourhoods), in the units of `spacing`.
 Percentiles are numpy's default "linear" interpolation over the sorted
 distances at virtual index `(n - 1) * q / 100`, computed in integer
 arithmetic so that large surfaces do not lose the fractional part in float32;
-the order statistics are found exactly by counting (`_select`), not sorting.
+the order statistics are found exactly by counting
+(`keras_seglosses.ops.order.search_bits`), not sorting.
 NSD only needs to know which distances are within the tolerance, so its
 distance transforms look no farther than that (`_squared_distance(radius=)`).
 """
@@ -35,6 +36,7 @@ from keras import ops
 from keras_seglosses._core import check_choice, check_number
 from keras_seglosses.metrics.functional import binarize
 from keras_seglosses.ops.distance import _squared_distance, _surface_bool, check_spacing
+from keras_seglosses.ops.order import INF_BITS, search_bits
 
 __all__ = ["hd95", "nsd", "asd", "surfel_area_table"]
 
@@ -186,7 +188,7 @@ def _directed_sets(gt, pr, spacing, surfel=False, radius=None):
     values are exact up to `radius` only (see `_squared_distance`).
 
     One stacked set rather than two keeps every later pass (the percentile
-    selection above all) a single fused loop: XLA runs two separate 31-pass
+    selection above all) a single fused loop: XLA runs two separate
     selections about three times slower than one over twice the rows.
     """
     if surfel:
@@ -217,23 +219,6 @@ def _halves(x):
     return x[:n], x[n:]
 
 
-def _select(bits, below):
-    """Per row, the largest int32 `t` in [0, 2^31) with `below(bits < t)`
-    true, for a predicate `below` that turns false as `t` grows.
-
-    The order statistics of non-negative float32 values are those of their
-    int32 bit patterns, so 31 counting passes (one per bit, highest first)
-    find an element exactly, where a sort of every voxel of the volume
-    (sorting only the surface needs dynamic shapes) costs several times more
-    on XLA's CPU backend.
-    """
-    found = ops.zeros(ops.shape(bits)[:1], "int32")
-    for b in range(30, -1, -1):
-        trial = found + (1 << b)
-        found = ops.where(below(bits < trial[:, None]), trial, found)
-    return found
-
-
 def _as_bits(values, mask):
     # Distances are >= 0 (never -0.0: they come from `sqrt`); +inf off the mask.
     return ops.view(ops.where(mask, values, float("inf")), "int32")
@@ -261,10 +246,13 @@ def _percentile(values, weights, q):
         return ops.sum(ops.cast(x, "int32"), axis=-1)
 
     # The lo-th smallest (0-based): the largest t with at most lo values < t.
-    lo_bits = ops.minimum(_select(bits, lambda x: count(x) <= lo), _INF_BITS)
+    def at_most_lo_below(cuts, _):
+        return [count(bits < t[:, None]) <= lo for t in cuts]
+
+    lo_bits, _ = search_bits(at_most_lo_below, ops.shape(bits)[:1])
     # The next one: the same value when it repeats, else the smallest above.
     repeats = count(bits <= lo_bits[:, None]) > lo + 1
-    above = ops.min(ops.where(bits > lo_bits[:, None], bits, _INF_BITS), axis=-1)
+    above = ops.min(ops.where(bits > lo_bits[:, None], bits, INF_BITS), axis=-1)
     v_lo = _from_bits(lo_bits)
     v_hi = _from_bits(ops.where(ops.logical_or(repeats, rem == 0), lo_bits, above))
     t = ops.cast(rem, "float32") / float(den)
@@ -283,17 +271,15 @@ def _weighted_percentile(values, weights, q):
 
     # Smallest e with area(<= e) / total >= q: the largest t with
     # area(< t) / total < q, clipped to the values present (for q = 0, 100).
-    def below(x):
-        return ops.sum(ops.where(x, w, 0.0), axis=-1) / total < q / 100.0
+    def below(cuts, _):
+        return [ops.sum(ops.where(bits < t[:, None], w, 0.0), axis=-1) / total < q / 100.0
+                for t in cuts]
 
-    found = _select(bits, below)
+    found, _ = search_bits(below, ops.shape(bits)[:1])
     smallest = ops.min(bits, axis=-1)
     largest = ops.max(ops.where(mask, bits, 0), axis=-1)
-    largest = ops.where(ops.any(mask, axis=-1), largest, _INF_BITS)
+    largest = ops.where(ops.any(mask, axis=-1), largest, INF_BITS)
     return _from_bits(ops.minimum(ops.maximum(found, smallest), largest))
-
-
-_INF_BITS = 0x7F800000  # float32 +inf
 
 
 def _masked_sum(values, weights):
@@ -304,12 +290,19 @@ def _diagonal(spatial, spacing):
     return float(np.linalg.norm(np.asarray(spatial, "float64") * np.asarray(spacing)))
 
 
-def _check_empty_value(empty_value):
+def check_empty_value(empty_value, finite=False):
+    """`None` (the volume diagonal) or a number >= 0 as a float; `inf` only
+    when not `finite` (a Keras metric never averages inf)."""
     if empty_value is None:
         return None
-    if isinstance(empty_value, (int, float)) and empty_value == float("inf"):
-        return float("inf")
-    return float(check_number("empty_value", empty_value, low=0))
+    value = float(check_number("empty_value", empty_value, low=0))
+    if finite and not math.isfinite(value):
+        raise ValueError(
+            "Invalid value for argument `empty_value`. Expected a finite number "
+            f">= 0 or None (a Keras metric never averages inf). Received: "
+            f"empty_value={empty_value!r}"
+        )
+    return value
 
 
 def _finish(value, gt, pr, channels, perfect, empty_value):
@@ -380,7 +373,7 @@ def hd95(
     """
     check_choice("convention", convention, HD95_CONVENTIONS)
     check_number("percentile", percentile, low=0, high=100)
-    empty_value = _check_empty_value(empty_value)
+    empty_value = check_empty_value(empty_value)
     gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "hd95")
     spacing = check_spacing(spacing, len(spatial))
     q = float(percentile)
@@ -481,7 +474,7 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
         Chen et al., TPAMI 2023 [003, Eq. 12].
     """
     check_choice("convention", convention, ASD_CONVENTIONS)
-    empty_value = _check_empty_value(empty_value)
+    empty_value = check_empty_value(empty_value)
     gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "asd")
     spacing = check_spacing(spacing, len(spatial))
     values, weights = _directed_sets(gt, pr, spacing)

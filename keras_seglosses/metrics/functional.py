@@ -9,7 +9,7 @@ evaluation scripts use them directly.
 
 from keras import ops
 
-from keras_seglosses._core import check_shapes, region_sum
+from keras_seglosses._core import region_sum, split_targets
 from keras_seglosses.targets import require_map
 
 __all__ = ["binarize", "dice", "reward_penalty_dice"]
@@ -18,11 +18,7 @@ __all__ = ["binarize", "dice", "reward_penalty_dice"]
 def binarize(y_true, y_pred, threshold=0.5, name="metric"):
     """Validate shapes; return `(y_true, labels, P')` in float32 with
     `P' = 1[y_pred > threshold]` (the paper's binarization at 0.5)."""
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    check_shapes(y_true, y_pred, name)
-    y_true = ops.cast(y_true, "float32")
-    labels = y_true[..., : y_pred.shape[-1]]
+    y_true, labels, y_pred = split_targets(y_true, y_pred, name)
     pred = ops.cast(ops.cast(y_pred, "float32") > threshold, "float32")
     return y_true, labels, pred
 

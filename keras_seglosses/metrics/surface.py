@@ -1,43 +1,14 @@
 """Keras metrics HD95, NSD and ASD: mean over samples (and channels) of the
 functional forms in `keras_seglosses.metrics.functional`."""
 
-import math
-
 import keras
 from keras import ops
 
 from keras_seglosses._core import check_choice, check_number, register_metric
 from keras_seglosses.metrics import _surface_functional as sf
+from keras_seglosses.ops.distance import spacing_argument
 
 __all__ = ["HD95", "NSD", "ASD"]
-
-
-def _spacing_config(spacing):
-    if spacing is None:
-        return None
-    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
-        check_number("spacing", spacing, low=0, low_open=True)
-        return float(spacing)
-    values = [float(v) for v in spacing]
-    if len(values) not in (2, 3) or not all(v > 0 and math.isfinite(v) for v in values):
-        raise ValueError(
-            "Invalid value for argument `spacing`. Expected a positive number or "
-            f"2 or 3 positive numbers. Received: spacing={spacing!r}"
-        )
-    return values
-
-
-def _finite_empty_value(empty_value):
-    if empty_value is None:
-        return None
-    check_number("empty_value", empty_value, low=0)
-    if not math.isfinite(empty_value):
-        raise ValueError(
-            "Invalid value for argument `empty_value`. Expected a finite number "
-            f">= 0 or None (a Keras metric never averages inf). Received: "
-            f"empty_value={empty_value!r}"
-        )
-    return float(empty_value)
 
 
 def _mean_over_channels(fn):
@@ -120,11 +91,11 @@ class HD95(_SurfaceMetric):
         super().__init__(
             name=name,
             dtype=dtype,
-            spacing=_spacing_config(spacing),
+            spacing=spacing_argument(spacing),
             percentile=float(percentile),
             convention=convention,
             threshold=float(threshold),
-            empty_value=_finite_empty_value(empty_value),
+            empty_value=sf.check_empty_value(empty_value, finite=True),
         )
 
 
@@ -170,7 +141,7 @@ class NSD(_SurfaceMetric):
             name=name,
             dtype=dtype,
             tolerance=float(tolerance),
-            spacing=_spacing_config(spacing),
+            spacing=spacing_argument(spacing),
             convention=convention,
             threshold=float(threshold),
         )
@@ -218,8 +189,8 @@ class ASD(_SurfaceMetric):
         super().__init__(
             name=name,
             dtype=dtype,
-            spacing=_spacing_config(spacing),
+            spacing=spacing_argument(spacing),
             convention=convention,
             threshold=float(threshold),
-            empty_value=_finite_empty_value(empty_value),
+            empty_value=sf.check_empty_value(empty_value, finite=True),
         )

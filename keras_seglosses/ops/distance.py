@@ -50,30 +50,64 @@ def check_spatial(mask, name="mask"):
     return tuple(int(s) for s in spatial)
 
 
+def _spacing_values(spacing):
+    """The numbers of `spacing` (a number or a flat sequence of numbers) as a
+    tuple of floats, or None unless every one is finite and positive."""
+    if isinstance(spacing, numbers.Real):
+        items = [spacing]
+    elif isinstance(spacing, (list, tuple)):
+        items = list(spacing)
+    elif isinstance(spacing, (str, bytes)):
+        return None
+    else:  # numpy arrays and other array-likes
+        try:
+            items = np.asarray(spacing, dtype="float64").reshape(-1).tolist()
+        except (TypeError, ValueError):
+            return None
+    ok = len(items) > 0 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in items
+    )
+    return tuple(float(v) for v in items) if ok else None
+
+
+def _spacing_error(name, spacing, count):
+    return ValueError(
+        f"Invalid value for argument `{name}`. Expected None, a positive number, or "
+        f"a sequence of {count} positive numbers (one per spatial axis). "
+        f"Received: {name}={spacing!r}"
+    )
+
+
 def check_spacing(spacing, n_spatial, name="spacing"):
     """Return `spacing` as a tuple of `n_spatial` positive floats (all ones
     when `None`); raise a `ValueError` naming the argument otherwise."""
     if spacing is None:
         return (1.0,) * n_spatial
-    if isinstance(spacing, numbers.Real) and not isinstance(spacing, bool):
-        values = (spacing,) * n_spatial
-    else:
-        try:
-            values = tuple(np.asarray(spacing, dtype="float64").reshape(-1))
-        except (TypeError, ValueError):
-            values = None
-    ok = (
-        values is not None
-        and len(values) == n_spatial
-        and all(np.isfinite(v) and v > 0 for v in values)
-    )
-    if not ok:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a positive number or "
-            f"a sequence of {n_spatial} positive numbers (one per spatial axis). "
-            f"Received: {name}={spacing!r}"
-        )
-    return tuple(float(v) for v in values)
+    values = _spacing_values(spacing)
+    if values is not None and isinstance(spacing, numbers.Real):
+        values = values * n_spatial
+    if values is None or len(values) != n_spatial:
+        raise _spacing_error(name, spacing, n_spatial)
+    return values
+
+
+def spacing_argument(spacing, name="spacing"):
+    """Validate a `spacing` constructor argument before the inputs, hence
+    their number of spatial axes, are known.
+
+    Returns plain Python values for `get_config`: `None`, a float, or a list
+    of 2 or 3 floats (the distance ops support 2D and 3D); the length is
+    checked against the inputs by `check_spacing` when they come.
+    """
+    if spacing is None:
+        return None
+    values = _spacing_values(spacing)
+    if values is not None and isinstance(spacing, numbers.Real):
+        return values[0]
+    if values is None or len(values) not in (2, 3):
+        raise _spacing_error(name, spacing, "2 or 3")
+    return list(values)
 
 
 def _foreground(mask):

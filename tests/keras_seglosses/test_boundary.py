@@ -119,6 +119,17 @@ def test_options_match_equation(kind, rng):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
+def test_signed_distance_map_matches_scipy(kind, rng):
+    from keras_seglosses.losses.boundary import signed_distance_map
+
+    y, _, _ = make(rng, kind)
+    spacing = (2.0, 1.0) if len(y.shape) == 4 else (1.0, 0.5, 2.0)
+    got = keras.ops.convert_to_numpy(signed_distance_map(y, spacing))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np_signed(y, spacing), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_precomputed_packed_maps_give_the_same_loss(kind, rng):
     y, p, _ = make(rng, kind)
     phi = np_signed(y)

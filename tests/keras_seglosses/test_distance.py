@@ -7,7 +7,7 @@ from keras import ops
 from scipy import ndimage
 
 from keras_seglosses.ops import distance_transform, signed_distance, surface, surface_distances
-from keras_seglosses.ops.distance import _squared_distance
+from keras_seglosses.ops.distance import _squared_distance, check_spacing, spacing_argument
 
 CASES = [
     ((2, 9, 13), (0.7, 1.9)),
@@ -144,6 +144,31 @@ def test_bad_input_names_argument():
         surface(np.zeros((1, 2, 2, 2, 2)))
     with pytest.raises(ValueError, match="`target`"):
         surface_distances(m, np.zeros((1, 4, 4)))
+
+
+def test_spacing_argument_plain_values_or_one_error():
+    # `__init__`-time validation, before the number of spatial axes is known.
+    assert spacing_argument(None) is None
+    assert spacing_argument(2) == 2.0 and type(spacing_argument(np.float32(2))) is float
+    assert spacing_argument((1, 2)) == [1.0, 2.0]
+    assert spacing_argument(np.array([0.5, 1, 2])) == [0.5, 1.0, 2.0]
+    assert check_spacing(2, 3) == (2.0, 2.0, 2.0) and check_spacing([1, 2], 2) == (1.0, 2.0)
+    for bad in (0, -1.0, np.inf, np.nan, True, "1.5", [], [1.0], [1, 2, 3, 4], (1, 0), (1, True),
+                [1.0, np.inf], [[1.0, 2.0]], {"x": 1}):
+        with pytest.raises(ValueError, match=r"^Invalid value for argument `spacing`\. Expected None, "
+                           r"a positive number, or a sequence of 2 or 3 positive numbers.*Received: "):
+            spacing_argument(bad)
+
+
+def test_every_constructor_validates_spacing_the_same_way():
+    import keras_seglosses as ks
+    from keras_seglosses.metrics import ASD, HD95, NSD
+
+    for cls in (ks.Boundary, ks.HausdorffDT, ks.DistancePenalizedCrossEntropy, ks.RegionWise,
+                ks.DiceBoundary, ks.DiceHD, HD95, NSD, ASD):
+        assert cls(spacing=(1, 2)).get_config()["spacing"] == [1.0, 2.0], cls.__name__
+        with pytest.raises(ValueError, match=r"`spacing`.*2 or 3 positive.*spacing=\[1, 0\]"):
+            cls(spacing=[1, 0])
 
 
 def test_no_gradient_needed_but_safe(rng):

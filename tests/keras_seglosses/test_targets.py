@@ -3,7 +3,7 @@ import pytest
 from keras import ops
 
 from keras_seglosses import pack_targets, unpack_targets
-from keras_seglosses.targets import require_map_columns
+from keras_seglosses.targets import packed_or_computed, require_map_columns
 
 
 def test_pack_then_unpack_returns_the_parts(rng):
@@ -62,3 +62,21 @@ def test_map_columns_are_the_flattened_channels(rng, batch):
         np.testing.assert_array_equal(ops.convert_to_numpy(ms[k]), m2[..., k].reshape(lead))
     with pytest.raises(ValueError, match=r"`L` needs the second map.*at least 6 channels.*pack_targets"):
         require_map_columns(pack_targets(labels, m1), 2, 1, batch, "L", "second map")
+
+
+def test_packed_or_computed_reads_the_slot_or_computes(rng):
+    y, a, b = rng.random((3, 2, 4, 5, 1)).astype("float32")
+    computed = np.full(y.shape, 7.0, "float32")
+
+    def read(t, index, channels=None):
+        return ops.convert_to_numpy(packed_or_computed(t, 1, index, lambda: computed, channels))
+
+    packed = pack_targets(y, a, b)
+    np.testing.assert_array_equal(read(packed, 0), a)
+    np.testing.assert_array_equal(read(packed, 1), b)
+    np.testing.assert_array_equal(read(packed, 2), computed)  # no third map
+    # a two-channel map of one sigmoid channel spans two slots
+    np.testing.assert_array_equal(read(packed, 0, 2), np.concatenate([a, b], -1))
+    np.testing.assert_array_equal(read(packed, 1, 2), computed)
+    with pytest.raises(ValueError, match="multiple of the 2 channel"):
+        packed_or_computed(packed, 2, 0, lambda: computed)
