@@ -308,8 +308,10 @@ def check_empty_value(empty_value, finite=False):
 def _finish(value, gt, pr, channels, perfect, empty_value):
     """Apply the empty-mask rules (SPEC.md section 5) and unfold to `(B, C)`."""
     axes = tuple(range(1, len(gt.shape)))
-    has_g = ops.any(gt, axis=axes)
-    has_p = ops.any(pr, axis=axes)
+    # keepdims: Keras < 3.15 reduces several axes one at a time on torch and
+    # loses track of them without it.
+    has_g = ops.reshape(ops.any(gt, axis=axes, keepdims=True), (-1,))
+    has_p = ops.reshape(ops.any(pr, axis=axes, keepdims=True), (-1,))
     value = ops.where(ops.logical_and(has_g, has_p), value, empty_value)
     value = ops.where(ops.logical_or(has_g, has_p), value, perfect)
     return ops.reshape(ops.cast(value, "float32"), (-1, channels))
