@@ -48,6 +48,11 @@ def parse_volume_args(parser):
     """Parse `volume_parser`'s arguments; `--quick` sets the small run and
     `backends` becomes a tuple."""
     args = parser.parse_args()
+    # only a run at the script's defaults writes BENCHMARKS.md
+    args.full = not args.quick and all(
+        getattr(args, key) == parser.get_default(key)
+        for key in ("batch", "size", "repeats", "backends")
+    )
     if args.quick:
         args.batch, args.size, args.repeats = QUICK_BATCH, QUICK_SIZE, QUICK_REPEATS
     args.backends = tuple(b for b in args.backends.split(",") if b)
@@ -70,6 +75,20 @@ def median_time(fn, repeats=5, warmup=1):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def alternating_times(fns, repeats):
+    """Median wall time in seconds of each callable of `fns` (name -> fn),
+    timed in turn `repeats` times so that all of them see the same load on a
+    shared machine: their ratio is the robust number. Each `fn` must block
+    until its result is ready."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_rss_mib():

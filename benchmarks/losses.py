@@ -21,7 +21,6 @@ main one).
 
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (  # noqa: E402
+    alternating_times,
     machine,
     median_time,
     parse_volume_args,
@@ -193,13 +193,8 @@ def worker(batch, size, repeats, only=""):
         t0 = time.perf_counter()
         fn(yt, px)  # compiles; also the warm-up run
         compile_s = time.perf_counter() - t0
-        # the floor is timed alternately with the loss, so that both see the
-        # same load on a shared machine: the ratio is the robust number
-        times, floors = [], []
-        for _ in range(repeats):
-            floors.append(median_time(floor, repeats=1, warmup=0))
-            times.append(median_time(lambda: fn(yt, px), repeats=1, warmup=0))
-        ms, floor_ms = statistics.median(times) * 1e3, statistics.median(floors) * 1e3
+        t = alternating_times({"floor": floor, "loss": lambda: fn(yt, px)}, repeats)
+        ms, floor_ms = t["loss"] * 1e3, t["floor"] * 1e3
         results["rows"][label] = {"ms": ms, "ratio": ms / floor_ms, "compile_s": compile_s}
         print(f"# {backend} {label}: {ms:.1f} ms, {ms / floor_ms:.1f}x floor", file=sys.stderr,
               flush=True)
@@ -243,8 +238,7 @@ def main():
     load = max(load_before, os.getloadavg()[0])
     shared = os.cpu_count() or 1
     shape = f"{args.batch}x{args.size}^3x1"
-    full = (args.batch, args.size, args.repeats, args.only, backends) == (
-        16, 64, 5, "", ("tensorflow", "jax", "torch"))
+    full = args.full and not args.only
     command = "python benchmarks/losses.py" + (" --quick" if args.quick else "")
     distance_table = table(results, DISTANCE, backends)
     md = "\n\n".join(part for part in [

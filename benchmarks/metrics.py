@@ -16,7 +16,7 @@ the two sides so that both see the same load; the ratio is ours over MONAI.
 """
 
 import json
-import statistics
+import os
 import sys
 import time
 import warnings
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
+    alternating_times,
     machine,
     parse_volume_args,
     run_per_backend,
@@ -95,13 +96,8 @@ def worker(batch, size, repeats):
     got = ours()
     first = time.perf_counter() - t0
     want = monai()
-    times = {"ours": [], "monai": []}
-    for _ in range(repeats):
-        for name, fn in (("ours", ours), ("monai", monai)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    t, tm = statistics.median(times["ours"]), statistics.median(times["monai"])
+    times = alternating_times({"ours": ours, "monai": monai}, repeats)
+    t, tm = times["ours"], times["monai"]
     print(json.dumps({
         "backend": keras.backend.backend(),
         "ours": t,
@@ -130,19 +126,17 @@ def main():
             f"| {r['backend']} | {r['ours']:.3f} | {r['first']:.1f} | {r['monai']:.3f} "
             f"| {r['ours'] / r['monai']:.2f} | {r['hd_err']:.1e} | {r['nsd_err']:.1e} |"
         )
-    full = (args.batch, args.size, args.repeats) == (8, 64, 3) and backends == (
-        "tensorflow", "jax", "torch")
     md = (
         f"HD95 (`convention=\"max\"`) + NSD (`tolerance=1`, voxel) on {args.batch} volumes "
         f"of {args.size}^3 (smooth random blobs), median of {args.repeats} runs after a "
         f"warm-up, alternating with MONAI `HausdorffDistanceMetric` + `SurfaceDiceMetric` "
-        f"in the same process (ratio: ours / MONAI). Machine: {machine()} (shared with "
-        f"other jobs). TensorFlow and JAX compiled (XLA / jax.jit, one function per "
+        f"in the same process (ratio: ours / MONAI). Machine: {machine()} (1-minute "
+        f"load average {os.getloadavg()[0]:.1f} at the end of the run). TensorFlow and JAX compiled (XLA / jax.jit, one function per "
         f"metric as in `fit`), torch eager.\n\n"
         f"Command: `python benchmarks/metrics.py`\n\n" + "\n".join(rows)
     )
     print(md)
-    if full and not (args.print_only or args.quick):
+    if args.full and not args.print_only:
         write_section("metrics", md)
 
 

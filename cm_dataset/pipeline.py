@@ -250,11 +250,11 @@ def make_dataset(
     packed_t = tf.constant(by_permutation)
     del packed, by_permutation
     tables_t = tf.constant(tables)
-    flips_t = tf.constant([[bool(f) for f in aug.SYMMETRIES[k][1]] for k in range(48)])
+    flips_t = tf.constant(np.array(aug.FLIPS, bool))  # symmetry k flips as FLIPS[k % 8]
     x_table = tf.constant(_x_table(input_encoding))
 
     def load(i, k):
-        return packed_t[k // 8, i], tf.gather(flips_t, k), tf.gather(tables_t, i)
+        return packed_t[k // 8, i], tf.gather(flips_t, k % 8), tf.gather(tables_t, i)
 
     decode = _decoder()
 

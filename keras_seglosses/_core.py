@@ -5,6 +5,7 @@ channels_last tensors, `y_true` possibly packed with maps after the labels,
 float32 math, and `call` returning one value per sample.
 """
 
+import math
 import numbers
 
 import keras
@@ -194,12 +195,10 @@ _SUM_BLOCK = 128
 def voxel_mean(x):
     """Mean over every non-batch axis: `(batch, ...) -> (batch,)` (computed
     as `voxel_sum`)."""
-    if None in tuple(x.shape[1:]):
+    shape = tuple(x.shape[1:])
+    if None in shape:
         return ops.mean(x, axis=tuple(range(1, len(x.shape))))
-    n = 1
-    for d in x.shape[1:]:
-        n *= d
-    return voxel_sum(x) / float(n)
+    return voxel_sum(x) / float(math.prod(shape))
 
 
 # ----------------------------------------------------------------- validation

@@ -6,7 +6,7 @@ import numbers
 import keras
 from keras import layers, ops
 
-from models3d.blocks import check_arguments, check_int, register
+from models3d.blocks import _invalid, check_arguments, check_int, register
 
 # Myronenko's encoder: ResNet blocks per level, filters doubling each level.
 ENCODER_BLOCKS = (1, 2, 2, 4)
@@ -155,6 +155,10 @@ class VAELoss(layers.Layer):
     >>> _ = layer([img, img, 0 * img, z, z])
     >>> round(float(layer.losses[0]), 4)          # 0.1 * mean((1 - 0)^2)
     0.1
+
+    Reference:
+        Myronenko, "3D MRI brain tumor segmentation using autoencoder
+        regularization", BrainLes 2018: `L = L_dice + 0.1 L_L2 + 0.1 L_KL`.
     """
 
     def __init__(self, l2_weight=0.1, kl_weight=0.1, **kwargs):
@@ -193,10 +197,7 @@ def _check_weight(arg, value):
         or not isinstance(value, numbers.Real)
         or not 0 <= value < math.inf
     ):
-        raise ValueError(
-            f"Invalid value for argument `{arg}`. Expected a finite float "
-            f">= 0. Received: {arg}={value!r}"
-        )
+        raise _invalid(arg, "a finite float >= 0", value)
     return float(value)
 
 
@@ -338,9 +339,7 @@ def myronenko2018(
         BrainLes 2018.
     """
     if not isinstance(vae, bool):
-        raise ValueError(
-            f"Invalid value for argument `vae`. Expected a bool. Received: vae={vae!r}"
-        )
+        raise _invalid("vae", "a bool", vae)
     # Validated with or without the branch, so that a typo never waits
     # for the training configuration to surface.
     l2_weight = _check_weight("l2_weight", l2_weight)

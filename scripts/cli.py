@@ -90,6 +90,7 @@ _TRAIN_OPTIONS = (
 
 def _add_train_options(p, epochs=200, steps=None):
     from scripts import registry
+    from scripts.train import LR_SCHEDULES
 
     p.add_argument("--model", default="unet", choices=registry.MODELS,
                    help="architecture (models3d.get name). Default: %(default)s")
@@ -104,7 +105,7 @@ def _add_train_options(p, epochs=200, steps=None):
                    help="Default: %(default)s")
     p.add_argument("--lr", type=_positive_float, default=1e-4,
                    help="initial Adam learning rate. Default: %(default)s")
-    p.add_argument("--lr-schedule", default="plateau", choices=("plateau", "cosine"),
+    p.add_argument("--lr-schedule", default="plateau", choices=LR_SCHEDULES,
                    help="plateau: the paper's (x0.1 after 10 epochs without a better "
                    "validation loss); cosine: decay to 0 over --epochs, for short "
                    "schedules. Default: %(default)s")

@@ -398,6 +398,7 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
         The markdown text of the tables.
     """
     import cm_dataset
+    from scripts.train import run_is_finished
 
     try:
         data = cm_dataset.load(data_dir)
@@ -406,8 +407,7 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
     metrics = available_metrics() if metrics is None else metrics
     runs = [(r, _read_run(r, data)) for r in find_runs(run_paths)]
     for rundir, _ in runs:
-        state = os.path.join(rundir, "state.json")
-        if not (os.path.isfile(state) and _io.read_json(state).get("finished")):
+        if not run_is_finished(rundir):
             _note(f"{rundir} is not finished; evaluating its best model so far.")
     first = {}
     for rundir, c in runs:

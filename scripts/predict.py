@@ -40,12 +40,11 @@ def encode(x, encoding="scaled"):
     )
 
 
-def load_volumes(path, spatial=None):
+def load_volumes(path):
     """Read and validate `.npy` label volumes.
 
     Args:
         path: a `.npy` file of shape `(S, S, S)` or `(N, S, S, S)`.
-        spatial: the model's spatial shape, checked when given.
 
     Returns:
         int8 array `(N, S, S, S)`.
@@ -66,8 +65,6 @@ def load_volumes(path, spatial=None):
             f"--input {path}: wrong shape. Expected one volume (64, 64, 64) or a stack "
             f"(N, 64, 64, 64) of anatomical label volumes. Received: shape {x.shape}."
         )
-    if spatial is not None:
-        _check_spatial(path, x, spatial)
     if x.dtype != bool and not np.issubdtype(x.dtype, np.integer):
         if not np.issubdtype(x.dtype, np.floating) or not np.all(np.round(x) == x):
             raise UsageError(

@@ -10,7 +10,6 @@ from keras_seglosses._core import (
     SegLoss,
     check_number,
     per_sample,
-    prepare,
     region_sum,
     register,
     voxel_mean,
@@ -80,12 +79,12 @@ def exp_log(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, g, s = prepare(y_true, y_pred, from_logits, "ExpLog")
+    _, sides, sigmoid = _sides(y_true, y_pred, from_logits, False, "ExpLog")
+    g, s, _ = sides[-1]  # the labels and probabilities of the C channels
     dice_c = (2.0 * region_sum(g * s, batch) + smooth) / (region_sum(g + s, batch) + smooth)
     dice_term = per_sample(
         _safe_power(-ops.log(dice_c), gamma), s, batch, include_background
     )
-    _, sides, sigmoid = _sides(y_true, y_pred, from_logits, False, "ExpLog")
     terms = [_safe_power(ops.maximum(-log_s, 0.0), gamma) * g for g, _, log_s in sides]
     if class_weights is not None:
         weights = _side_weights(class_weights, sides, sigmoid, "class_weights")

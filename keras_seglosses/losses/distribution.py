@@ -182,11 +182,13 @@ def _top_k_mean(values, k):
     tied at `tau` share that weight equally (a subgradient; the same value).
     """
     n = values.shape[0]
-    if n is not None:
-        count = float(max(1, math.ceil(k / 100.0 * n)))
-    else:  # unknown batch size, e.g. a tf.data pipeline without drop_remainder
+    if n is None:  # unknown batch size, e.g. a tf.data pipeline without drop_remainder
         count = ops.maximum(ops.ceil(k / 100.0 * ops.cast(ops.shape(values)[0], "float32")), 1.0)
-    if n is not None:
+
+        def partial_sums(x):
+            return x
+    else:
+        count = float(max(1, math.ceil(k / 100.0 * n)))
         # -1 is below every threshold (they are >= 0) and gets no weight
         values = ops.pad(values, [(0, -n % _BLOCK)], constant_values=-1.0)
         values = ops.reshape(values, (-1, _BLOCK))
@@ -194,9 +196,6 @@ def _top_k_mean(values, k):
 
         def partial_sums(x):
             return ops.matmul(x, ones)
-    else:
-        def partial_sums(x):
-            return x
 
     def count_at_least(x, t1, t2, t3):
         if n is None:

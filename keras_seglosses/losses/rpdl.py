@@ -16,8 +16,10 @@ from keras_seglosses._core import (
     prepare,
     probabilities,
     register,
+    split_targets,
     voxel_dot,
     voxel_mean,
+    voxel_sum,
 )
 from keras_seglosses.targets import require_map_columns, voxel_columns
 
@@ -60,13 +62,11 @@ def weighted_binary_crossentropy(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    _, labels, _ = prepare(y_true, y_pred, False, "WeightedBinaryCrossentropy")
+    _, labels, y_pred = split_targets(y_true, y_pred, "WeightedBinaryCrossentropy")
     log_p, log_not_p = _log_probabilities(y_pred, from_logits)
     ce = -(pos_weight * labels * log_p + (1.0 - labels) * log_not_p)
     if voxel_reduction == "sum":
-        return ops.sum(ce, axis=tuple(range(1, len(ce.shape))))
+        return voxel_sum(ce)
     return voxel_mean(ce)
 
 

@@ -254,7 +254,7 @@ def _percentile(values, weights, q):
     repeats = count(bits <= lo_bits[:, None]) > lo + 1
     above = ops.min(ops.where(bits > lo_bits[:, None], bits, INF_BITS), axis=-1)
     v_lo = _from_bits(lo_bits)
-    v_hi = _from_bits(ops.where(ops.logical_or(repeats, rem == 0), lo_bits, above))
+    v_hi = _from_bits(ops.where(repeats, lo_bits, above))
     t = ops.cast(rem, "float32") / float(den)
     return ops.where(t > 0, v_lo + t * (v_hi - v_lo), v_lo)
 
@@ -307,11 +307,10 @@ def check_empty_value(empty_value, finite=False):
 
 def _finish(value, gt, pr, channels, perfect, empty_value):
     """Apply the empty-mask rules (SPEC.md section 5) and unfold to `(B, C)`."""
-    axes = tuple(range(1, len(gt.shape)))
-    # keepdims: Keras < 3.15 reduces several axes one at a time on torch and
-    # loses track of them without it.
-    has_g = ops.reshape(ops.any(gt, axis=axes, keepdims=True), (-1,))
-    has_p = ops.reshape(ops.any(pr, axis=axes, keepdims=True), (-1,))
+    # one axis: Keras < 3.15 reduces several axes one at a time on torch and
+    # loses track of them
+    has_g = ops.any(_flat(gt), axis=-1)
+    has_p = ops.any(_flat(pr), axis=-1)
     value = ops.where(ops.logical_and(has_g, has_p), value, empty_value)
     value = ops.where(ops.logical_or(has_g, has_p), value, perfect)
     return ops.reshape(ops.cast(value, "float32"), (-1, channels))
