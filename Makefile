@@ -36,7 +36,7 @@ test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PYTEST) -m backends tests $(ALLOW_EMPTY)
 
 demo: $(STAMP)
-	$(PY) -m scripts demo
+	$(PY) -m cmseg demo
 
 # Each script rewrites its own section of BENCHMARKS.md; run on a quiet machine.
 bench: $(STAMP)

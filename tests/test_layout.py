@@ -26,9 +26,9 @@ def test_no_backend_imports(package):
 @pytest.mark.parametrize(
     "package, forbidden",
     [
-        ("keras_seglosses", ("models3d", "cm_dataset", "scripts")),
-        ("models3d", ("keras_seglosses", "cm_dataset", "scripts")),
-        ("cm_dataset", ("models3d", "scripts")),
+        ("keras_seglosses", ("models3d", "cm_dataset", "cmseg")),
+        ("models3d", ("keras_seglosses", "cm_dataset", "cmseg")),
+        ("cm_dataset", ("models3d", "cmseg")),
     ],
 )
 def test_dependency_direction(package, forbidden):

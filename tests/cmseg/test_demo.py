@@ -1,4 +1,4 @@
-"""`scripts.demo`: the whole pipeline from nothing, on tiny settings.
+"""`cmseg.demo`: the whole pipeline from nothing, on tiny settings.
 
 To keep the suite fast one of the two runs (dl) is left finished in the
 output folder beforehand, as an earlier demo would; the demo must reuse it
@@ -10,8 +10,8 @@ import os
 
 import keras
 
-from scripts import _io
-from scripts.demo import DEMO_LOSSES, DEMO_SCHEDULE, demo, demo_config
+from cmseg import _io
+from cmseg.demo import DEMO_LOSSES, DEMO_SCHEDULE, demo, demo_config
 
 
 def _finished_run(run, config):

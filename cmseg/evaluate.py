@@ -25,8 +25,8 @@ import sys
 
 import numpy as np
 
-from scripts import _io, registry
-from scripts._io import UsageError
+from cmseg import _io, registry
+from cmseg._io import UsageError
 
 __all__ = [
     "METRICS",
@@ -302,7 +302,7 @@ def _predict_run(rundir, config, data, bones, batch_size):
 
     import keras_seglosses  # noqa: F401  (registered losses)
     import models3d  # noqa: F401  (registered layers)
-    from scripts.predict import encode
+    from cmseg.predict import encode
 
     path = os.path.join(rundir, "model.keras")
     try:
@@ -398,7 +398,7 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
         The markdown text of the tables.
     """
     import cm_dataset
-    from scripts.train import run_is_finished
+    from cmseg.train import run_is_finished
 
     try:
         data = cm_dataset.load(data_dir)

@@ -7,7 +7,7 @@
     cmseg predict  --model PATH --input X.npy --out DIR
     cmseg demo     [--out DIR] [--epochs N] [--steps-per-epoch N]
 
-From a checkout: `python -m scripts ...`. Exit status 0 on success, 2 for
+From a checkout: `python -m cmseg ...`. Exit status 0 on success, 2 for
 bad command-line values (unknown names or folds, unusable files), 1 for
 failures while running.
 """
@@ -89,8 +89,8 @@ _TRAIN_OPTIONS = (
 
 
 def _add_train_options(p, epochs=200, steps=None):
-    from scripts import registry
-    from scripts.train import LR_SCHEDULES
+    from cmseg import registry
+    from cmseg.train import LR_SCHEDULES
 
     p.add_argument("--model", default="unet", choices=registry.MODELS,
                    help="architecture (models3d.get name). Default: %(default)s")
@@ -133,7 +133,7 @@ def _add_train_options(p, epochs=200, steps=None):
 
 
 def build_parser():
-    from scripts import registry
+    from cmseg import registry
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -222,7 +222,7 @@ def fold_commands(args, folds, prog=PROG):
 def _cmd_synth(args):
     import cm_dataset
     from cm_dataset import synthetic
-    from scripts._io import UsageError
+    from cmseg._io import UsageError
 
     names = cm_dataset.file_names(args.bones, args.surgeons)
     existing = [n for n in names if os.path.exists(os.path.join(args.out, n))]
@@ -241,7 +241,7 @@ def _cmd_synth(args):
 
 
 def _train_config(args, fold):
-    from scripts.train import TrainConfig
+    from cmseg.train import TrainConfig
 
     return TrainConfig(
         data=os.path.abspath(args.data), experiment=args.experiment, fold=fold,
@@ -255,8 +255,8 @@ def _train_config(args, fold):
 
 
 def _cmd_train(args, parser):
-    from scripts import registry
-    from scripts.train import train
+    from cmseg import registry
+    from cmseg.train import train
 
     if args.fold == "all" or args.print_fold_commands:
         import cm_dataset
@@ -283,7 +283,7 @@ def _cmd_train(args, parser):
 
 
 def _cmd_evaluate(args, parser):
-    from scripts.evaluate import evaluate
+    from cmseg.evaluate import evaluate
 
     for path in [args.data, *args.runs]:
         if not os.path.isdir(path):
@@ -293,7 +293,7 @@ def _cmd_evaluate(args, parser):
 
 
 def _cmd_predict(args, parser):
-    from scripts.predict import predict
+    from cmseg.predict import predict
 
     predict(args.model, args.input, args.out, architecture=args.architecture,
             batch_size=args.batch_size)
@@ -301,7 +301,7 @@ def _cmd_predict(args, parser):
 
 
 def _cmd_demo(args, parser):
-    from scripts.demo import demo
+    from cmseg.demo import demo
 
     demo(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
          batch_size=args.batch_size, lr=args.lr, size=args.size, overwrite=args.overwrite)
@@ -311,7 +311,7 @@ def _cmd_demo(args, parser):
 def main(argv=None):
     """Run `cmseg` with `argv` (default: `sys.argv[1:]`); return the exit
     status (2 for bad command-line values)."""
-    from scripts._io import UsageError
+    from cmseg._io import UsageError
 
     parser = build_parser()
     try:

@@ -1,4 +1,4 @@
-"""`scripts._io`: atomic writes leave the old file or the new one, never a
+"""`cmseg._io`: atomic writes leave the old file or the new one, never a
 partial one; CSV/JSON round trips; the progress line."""
 
 import io
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from scripts import _io
+from cmseg import _io
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from scripts import _io
-from scripts._io import UsageError
+from cmseg import _io
+from cmseg._io import UsageError
 
 __all__ = ["encode", "load_volumes", "load_model", "predict", "plot_slices"]
 

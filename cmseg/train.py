@@ -42,8 +42,8 @@ import shutil
 import keras
 import numpy as np
 
-from scripts import _io, registry
-from scripts._io import UsageError
+from cmseg import _io, registry
+from cmseg._io import UsageError
 
 __all__ = ["TrainConfig", "UsageError", "train", "run_is_finished"]
 

@@ -1,4 +1,4 @@
-"""`scripts.registry`: loss names from the library, aliases, targets."""
+"""`cmseg.registry`: loss names from the library, aliases, targets."""
 
 import inspect
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_seglosses
-from scripts import registry
+from cmseg import registry
 
 
 def test_every_exported_loss_class_has_its_snake_case_name():

@@ -1,4 +1,4 @@
-"""`scripts.train`: the paper's recipe, crash-safe resumption (a resumed
+"""`cmseg.train`: the paper's recipe, crash-safe resumption (a resumed
 run computes exactly what the uninterrupted one does, after a simulated
 kill at every stage of an epoch and after a real SIGKILL), refusal to
 overwrite, and data-parallel training on two virtual CPU devices."""
@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from scripts import _io
-from scripts import train as tr
+from cmseg import _io
+from cmseg import train as tr
 
 BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -174,7 +174,7 @@ def test_sigkill_then_same_command_resumes(data_dir, tmp_path):
     """A real kill: SIGKILL the `cmseg train` process once it has committed
     two epochs, plant what a kill in the middle of a write leaves, rerun the
     same command; the result equals an uninterrupted run of that command."""
-    from scripts.cli import main
+    from cmseg.cli import main
 
     def command(out):
         return ["train", "--data", data_dir, "--experiment", "bone", "--fold", "2",
@@ -184,7 +184,7 @@ def test_sigkill_then_same_command_resumes(data_dir, tmp_path):
     run, reference = str(tmp_path / "run"), str(tmp_path / "reference")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "scripts", *command(run)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cmseg", *command(run)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state_path = os.path.join(run, tr.STATE)
     deadline = time.monotonic() + 300
@@ -286,7 +286,7 @@ def test_unfinished_run_with_other_settings_is_refused(data_dir, tmp_path):
 def test_finished_run_kept_refused_or_overwritten(data_dir, tmp_path, capsys):
     """Same command: left untouched; other settings: exit 2, untouched;
     --overwrite: trained again from nothing."""
-    from scripts.cli import main
+    from cmseg.cli import main
 
     run = str(tmp_path / "run")
     command = ["train", "--data", data_dir, "--experiment", "bone", "--fold", "3", "--out", run,
@@ -347,7 +347,7 @@ _TF_TWO_CPUS = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from scripts.cli import main
+from cmseg.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -362,7 +362,7 @@ def test_distribute_on_two_virtual_devices(data_dir, tmp_path, capsys):
             "--out", run, "--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1",
             "--base-filters", "2", "--depth", "2", "--distribute"]
     if BACKEND == "torch":
-        from scripts.cli import main
+        from cmseg.cli import main
 
         assert main(args) == 2
         assert "--distribute is not available on the torch backend" in capsys.readouterr().err
@@ -372,7 +372,7 @@ def test_distribute_on_two_virtual_devices(data_dir, tmp_path, capsys):
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if BACKEND == "jax":
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-        cmd = [sys.executable, "-m", "scripts", *args]
+        cmd = [sys.executable, "-m", "cmseg", *args]
     else:
         cmd = [sys.executable, "-c", _TF_TWO_CPUS, *args]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

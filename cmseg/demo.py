@@ -39,7 +39,7 @@ def _say(msg):
 
 def demo_config(data_dir, loss, schedule=None, size=64, base_filters=4):
     """The `TrainConfig` of one demo run: U-Net, Experiment 1 fold 1."""
-    from scripts.train import TrainConfig
+    from cmseg.train import TrainConfig
 
     return TrainConfig(data=os.path.abspath(data_dir), experiment="bone", fold=1, model="unet",
                        loss=loss, base_filters=base_filters, depth=5 if size >= 32 else 2,
@@ -52,10 +52,10 @@ def demo(out="demo_out", epochs=None, steps_per_epoch=None, batch_size=None, lr=
     import cm_dataset
     from cm_dataset import synthetic
 
-    from scripts import _io
-    from scripts.evaluate import evaluate
-    from scripts.predict import predict
-    from scripts.train import train
+    from cmseg import _io
+    from cmseg.evaluate import evaluate
+    from cmseg.predict import predict
+    from cmseg.train import train
 
     schedule = dict(DEMO_SCHEDULE)
     for key, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch),

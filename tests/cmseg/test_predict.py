@@ -1,4 +1,4 @@
-"""`scripts.predict`: `.keras` and original `.h5` models, outputs against a
+"""`cmseg.predict`: `.keras` and original `.h5` models, outputs against a
 direct computation, input validation."""
 
 import os
@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from scripts.cli import main
-from scripts.predict import encode, load_volumes
+from cmseg.cli import main
+from cmseg.predict import encode, load_volumes
 
 SIZE = 16
 

@@ -1,4 +1,4 @@
-"""`scripts.cli`: argument parsing, exit statuses, synth, fold commands."""
+"""`cmseg.cli`: argument parsing, exit statuses, synth, fold commands."""
 
 import configparser
 import os
@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from scripts import cli
+from cmseg import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -112,7 +112,7 @@ def test_print_fold_commands_round_trip(data_dir, tmp_path, capsys):
 
 
 def test_fold_all_trains_every_fold_in_turn(data_dir, tmp_path, monkeypatch):
-    from scripts import train
+    from cmseg import train
 
     calls = []
     monkeypatch.setattr(train, "train", lambda config, out, overwrite=False: calls.append(
@@ -129,5 +129,5 @@ def test_help_and_console_script(capsys):
     assert cli.main([]) == 2
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
-    assert "cmseg = scripts.cli:main" in cfg["options.entry_points"]["console_scripts"]
-    assert os.path.isfile(os.path.join(ROOT, "scripts", "__main__.py"))
+    assert "cmseg = cmseg.cli:main" in cfg["options.entry_points"]["console_scripts"]
+    assert os.path.isfile(os.path.join(ROOT, "cmseg", "__main__.py"))

@@ -1,4 +1,4 @@
-"""`scripts.evaluate`: the paper's protocol against a direct numpy
+"""`cmseg.evaluate`: the paper's protocol against a direct numpy
 computation on fixed predictions, table layout, report files."""
 
 import os
@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from scripts import evaluate as ev
+from cmseg import evaluate as ev
 
 B, S, SIZE = 3, 3, 8
 
@@ -122,7 +122,7 @@ def test_baseline_row_in_experiment_2():
 
 
 def test_plots_and_find_runs(tmp_path):
-    from scripts import _io
+    from cmseg import _io
 
     run = tmp_path / "runs" / "fold-1"
     _io.write_json(run / "config.json", {"model": "unet", "loss": "dl", "experiment": "bone",
@@ -150,8 +150,8 @@ def test_evaluate_command_against_numpy(tmp_path, capsys):
 
     import models3d
     from cm_dataset import synthetic
-    from scripts import _io
-    from scripts.cli import main
+    from cmseg import _io
+    from cmseg.cli import main
 
     data = synthetic.generate(n_bones=3, n_surgeons=2, size=16, seed=0)
     data.save(tmp_path / "data")
@@ -251,8 +251,8 @@ def test_evaluate_usage_errors_name_the_run(tmp_path, capsys):
 
     import models3d
     from cm_dataset import synthetic
-    from scripts import _io
-    from scripts.cli import main
+    from cmseg import _io
+    from cmseg.cli import main
 
     synthetic.generate(n_bones=3, n_surgeons=2, size=16, seed=0).save(tmp_path / "data")
     run = tmp_path / "run"

@@ -1,0 +1,8 @@
+"""The `cmseg` command line: the RPDL paper's leave-one-out experiments.
+
+Subcommands (`cmseg.cli`): `synth` (synthetic CM data), `train`
+(`cmseg.train`, one fold, crash-safe and resumable), `evaluate`
+(`cmseg.evaluate`, the paper's protocol and Tables I-IV), `predict`
+(`cmseg.predict`) and `demo` (`cmseg.demo`, what `make demo` runs).
+Installed as the console script `cmseg`; from a checkout `python -m cmseg`.
+"""

@@ -1,0 +1,8 @@
+"""`python -m cmseg ...` runs the `cmseg` command line."""
+
+import sys
+
+from cmseg.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
