@@ -2,7 +2,8 @@
 
 The loss table is built from the classes `keras_seglosses.losses` exports, so
 a loss added to the library is trainable from `cmseg train` without touching
-this file. Every class is reachable by its snake_case name (`RewardPenaltyDice`
+this file; the targets a loss needs come from what it declares it reads
+(`label_kind`, `map_reads`), not from a table here. Every class is reachable by its snake_case name (`RewardPenaltyDice`
 -> `reward_penalty_dice`); the paper's short names are aliases [000, Sec. V]:
 `wcel` (weighted cross entropy, Eq. 1), `dl` (Dice loss, Eq. 2) and `rpdl`
 (reward-penalty Dice loss, Eq. 3).
@@ -14,6 +15,7 @@ import re
 import keras
 
 from keras_seglosses import losses as _losses
+from keras_seglosses.targets import TargetLayout, map_reads
 
 __all__ = [
     "MODELS",
@@ -24,6 +26,7 @@ __all__ = [
     "loss_class",
     "loss_targets",
     "make_loss",
+    "takes_pos_weight",
     "snake_case",
     "valid_folds",
 ]
@@ -42,15 +45,6 @@ PAPER_LOSSES = {
     "dl": "Dice",
     "rpdl": "RewardPenaltyDice",
 }
-
-# Losses that read a reward-penalty target packed after the labels; every
-# other loss gets plain labels, since a packed RPMap would be mistaken for the
-# distance or region map some losses accept in the same channels.
-_TARGETS = {
-    "RewardPenaltyDice": "rpdl",
-    "LegacyRewardPenaltyDice": "legacy",
-}
-
 
 def snake_case(name):
     """`RewardPenaltyDice` -> `reward_penalty_dice`, `HD95Loss` -> `hd95_loss`."""
@@ -89,22 +83,54 @@ def loss_class(name):
     return classes[key]
 
 
-def loss_targets(name):
-    """What `cm_dataset.make_dataset(targets=...)` must pack for this loss:
-    `"rpdl"` (labels + RPMap), `"legacy"` (the original's encoded target) or
-    `"plain"` (labels only)."""
-    return _TARGETS.get(loss_class(name).__name__, "plain")
+def takes_pos_weight(name):
+    """Whether the loss behind `name` takes the class weight `pos_weight`
+    (then `cmseg train` passes the fold's background to foreground ratio
+    [000, Eq. 1], unless `--loss-config` sets it)."""
+    return "pos_weight" in inspect.signature(loss_class(name)).parameters
 
 
-def make_loss(name, pos_weight=None, **kwargs):
-    """Instantiate the loss behind `name`.
+def loss_targets(loss):
+    """What `cm_dataset.make_dataset(targets=...)` must pack for a loss
+    instance, from what it declares: `"legacy"` (the original's encoded
+    target in place of the labels), `"rpdl"` (labels, then the RPMap at map
+    slot 0) or `"plain"` (labels only: the loss reads no packed map).
 
-    `wcel` takes the paper's class weight, the background to foreground
-    ratio of the training labels [000, Eq. 1], passed as `pos_weight`.
-    `kwargs` go to the constructor (from `--loss-config`).
+    Raises:
+        ValueError: for a loss that reads maps the pipeline cannot pack.
+    """
+    if getattr(loss, "label_kind", "labels") == "legacy":
+        if map_reads(loss):
+            raise ValueError(
+                f"`{type(loss).__name__}` reads the released code's encoded target "
+                "and packed maps; the pipeline packs one or the other."
+            )
+        return "legacy"
+    layout = TargetLayout.for_reader(loss)
+    if layout == TargetLayout(()):
+        return "plain"
+    if layout == TargetLayout(("rpmap",)):
+        return "rpdl"
+    raise ValueError(
+        f"Invalid value for argument `loss_config` of loss {type(loss).__name__}: it "
+        f"reads the packed maps {layout!r}, and the CM pipeline packs only the "
+        "reward-penalty map (\"rpmap\") at slot 0. Let losses that can compute "
+        "their maps do so (`map_index` null)."
+    )
+
+
+def make_loss(name, loss_config=None, *, pos_weight=None):
+    """Instantiate the loss behind `name` with the constructor arguments
+    `loss_config` (a dict, from `--loss-config`).
+
+    A loss that takes `pos_weight` (`wcel`, `weighted_binary_crossentropy`)
+    gets the paper's class weight, the background to foreground ratio of the
+    training labels [000, Eq. 1], when `pos_weight` is given and
+    `loss_config` does not set it.
     """
     cls = loss_class(name)
-    if name == "wcel" and pos_weight is not None and "pos_weight" not in kwargs:
+    kwargs = dict(loss_config or {})
+    if pos_weight is not None and takes_pos_weight(name) and "pos_weight" not in kwargs:
         kwargs["pos_weight"] = float(pos_weight)
     try:
         return cls(**kwargs)
@@ -116,8 +142,8 @@ def make_loss(name, pos_weight=None, **kwargs):
 
 
 def _init_args(cls):
-    params = inspect.signature(cls.__init__).parameters
-    return [p for p in params if p not in ("self", "args", "kwargs")]
+    params = inspect.signature(cls).parameters
+    return [p for p in params if p not in ("args", "kwargs")]
 
 
 def valid_folds(experiment, n_bones=9, n_surgeons=7):

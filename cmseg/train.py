@@ -54,7 +54,8 @@ MODEL = "model.keras"
 RESUME_DIR = ".resume"
 # Settings that may change between a run and its resumption without changing
 # what is computed.
-_RESUMABLE_CHANGES = ("distribute", "verbose", "backend")
+# `backend` and `pos_weight` are recorded beside the settings, not settings
+_RESUMABLE_CHANGES = ("distribute", "verbose", "backend", "pos_weight")
 
 
 @dataclasses.dataclass
@@ -417,8 +418,9 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
             f"Received: --lr-schedule {config.lr_schedule}"
         )
     try:
-        targets = registry.loss_targets(config.loss)
-        registry.make_loss(config.loss, **config.loss_config)  # --loss-config checked early
+        # checked before any data is read; built again below with the fold's
+        # class weight where the loss takes one
+        targets = registry.loss_targets(registry.make_loss(config.loss, config.loss_config))
     except ValueError as e:
         raise UsageError(str(e)) from None
     data = _load_data(config.data)
@@ -460,7 +462,7 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
     if epoch < config.epochs and not (state and state.get("stop_training")):
         datasets = _datasets(data, config, targets, epoch)  # checks --batch-size
     pos_weight = None
-    if config.loss == "wcel":
+    if registry.takes_pos_weight(config.loss) and "pos_weight" not in config.loss_config:
         from keras_seglosses import pos_weight_from_labels
 
         pos_weight = pos_weight_from_labels(_training_labels(data, config))
@@ -471,8 +473,7 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
                 model = _build_model(config, data.size)
             except ValueError as e:  # settings the architecture refuses
                 raise UsageError(f"--model {config.model}: {e}") from None
-            loss = registry.make_loss(config.loss, pos_weight=pos_weight,
-                                      **config.loss_config)
+            loss = registry.make_loss(config.loss, config.loss_config, pos_weight=pos_weight)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.lr), loss=loss)
         state = {"epoch": 0, "history": [], "finished": False}
 
@@ -481,7 +482,8 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
         _clear_run(out)
     os.makedirs(out, exist_ok=True)
     _remove_stale_temporaries(out)
-    _io.write_json(config_path, {**config.to_json(), "backend": keras.backend.backend()})
+    _io.write_json(config_path, {**config.to_json(), "backend": keras.backend.backend(),
+                                 "pos_weight": pos_weight})
     if config.distribute:
         engine = "DataParallel" if keras.backend.backend() == "jax" else "MirroredStrategy"
         log(f"{out}: {engine} over {n_devices} devices")

@@ -17,7 +17,13 @@ from keras_seglosses.rpmap import (
     reward_penalty_map,
     reward_penalty_map_tensor,
 )
-from keras_seglosses.targets import pack_targets, unpack_targets
+from keras_seglosses.targets import (
+    MapRead,
+    TargetLayout,
+    map_reads,
+    pack_targets,
+    unpack_targets,
+)
 
 __version__ = "0.1.0"
 
@@ -29,6 +35,9 @@ __all__ = [
     "reference",
     "pack_targets",
     "unpack_targets",
+    "TargetLayout",
+    "MapRead",
+    "map_reads",
     "reward_penalty_map",
     "reward_penalty_map_tensor",
     "legacy_reward_penalty_targets",

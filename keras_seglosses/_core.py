@@ -11,7 +11,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_seglosses.targets import n_packed_maps
+from keras_seglosses.targets import MapRead, n_packed_maps
 
 # Losses and metrics are registered under different packages because some
 # share a class name (the `Dice` loss and the `Dice` metric).
@@ -31,16 +31,66 @@ def register_metric(cls):
 
 
 class SegLoss(keras.losses.Loss):
-    """Base of the package's losses: `get_config` is the Keras base config plus
-    every constructor argument listed in `_config_keys` (stored under the same
-    attribute name, as plain Python values)."""
+    """Base of the package's losses: a pure loss function and its
+    hyperparameters, stated once (as Keras' `LossFunctionWrapper`).
 
-    _config_keys = ()
+    A subclass validates its arguments in `__init__` and passes them to
+    `super().__init__(fn, reduction=..., name=..., dtype=..., **hyperparameters)`.
+    `call` is `fn(y_true, y_pred, **hyperparameters)` (hyperparameters are
+    keyword-only in the functions), `get_config` the Keras base config plus
+    the hyperparameters, and each hyperparameter reads as an attribute
+    (`Dice().smooth`).
+
+    A loss that can read a packed map takes `map_index`: `None` computes the
+    map, an int reads packed slot `map_index`. It declares the map's kind in
+    `map_kind`, so that `map_reads` tells tools (`Compound`, `TargetLayout`,
+    the command line) which slots it reads. `label_kind` names what the
+    first C channels must hold: `"labels"`, or the released RPDL code's
+    encoded target `"legacy"`.
+    """
+
+    map_kind = None
+    label_kind = "labels"
+
+    def __init__(self, fn, *, reduction, name, dtype, **hyperparameters):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.fn = fn
+        self._fn_kwargs = hyperparameters
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails; `__dict__` may not exist yet
+        # while the object is being unpickled or copied
+        kwargs = self.__dict__.get("_fn_kwargs", {})
+        if name in kwargs:
+            return kwargs[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self._fn_kwargs)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({k: getattr(self, k) for k in self._config_keys})
-        return config
+        return {**super().get_config(), **self._fn_kwargs}
+
+    def map_slots(self, n_classes):
+        """How many packed slots this loss's map takes (one map of C channels
+        is one slot)."""
+        return 1
+
+    def map_reads(self, n_classes=None):
+        """The packed maps `call` reads: a tuple of `targets.MapRead`, empty
+        when the loss reads the labels only or computes its map."""
+        index = self._fn_kwargs.get("map_index")
+        if self.map_kind is None or index is None:
+            return ()
+        return (MapRead(self.map_kind, index, self.map_slots(n_classes)),)
+
+
+def check_map_index(map_index, allow_none=True):
+    """Validate a `map_index` argument: `None` (compute the map, where the
+    loss can) or an int >= 0, a packed slot."""
+    if map_index is None and allow_none:
+        return None
+    return int(check_number("map_index", map_index, low=0, integer=True))
 
 
 # --------------------------------------------------------------------- inputs

@@ -17,7 +17,14 @@ from keras_seglosses.losses.region_specific import (
     region_specific_dice,
 )
 from keras_seglosses.losses.region_wise import RegionWise, region_wise
-from keras_seglosses.losses.boundary import Boundary, HausdorffDT, boundary, hausdorff_dt
+from keras_seglosses.losses.boundary import (
+    Boundary,
+    HausdorffDT,
+    boundary,
+    boundary_distance,
+    hausdorff_dt,
+    signed_distance_map,
+)
 from keras_seglosses.losses.compound import (
     Compound,
     DiceBoundary,
@@ -114,5 +121,7 @@ __all__ = [
     "penalty_generalized_dice",
     "boundary",
     "hausdorff_dt",
+    "signed_distance_map",
+    "boundary_distance",
     "exp_log",
 ]

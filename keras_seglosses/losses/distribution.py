@@ -17,14 +17,20 @@ from keras import ops
 
 from keras_seglosses._core import (
     SegLoss,
+    check_map_index,
     check_number,
-    prepare,
     register,
     spatial_axes,
     voxel_mean,
     voxel_sum,
 )
-from keras_seglosses.losses.boundary import boundary_distance
+from keras_seglosses.losses._common import (
+    _check_weights,
+    _side_weights,
+    _sides,
+    _voxel_values,
+    boundary_distance,
+)
 from keras_seglosses.ops.distance import spacing_argument
 from keras_seglosses.ops.order import search_bits
 from keras_seglosses.targets import packed_or_computed
@@ -44,86 +50,8 @@ __all__ = [
 ]
 
 
-# -------------------------------------------------------------------- helpers
-def _sides(y_true, y_pred, from_logits, multi_label, name):
-    """Labels, probabilities and log-probabilities of the expanded classes.
-
-    Returns `(y_true, sides, sigmoid)`. `sides` is a list of `(g, s, log_s)`
-    triples of shape `(batch, *spatial, C)`: one for softmax (the C
-    classes), two for sigmoid channels (background `1 - s`, foreground `s`),
-    kept apart rather than concatenated to save memory traffic.
-    """
-    # without `from_logits`, `prepare` only casts: these are the raw outputs
-    y_true, labels, logits = prepare(y_true, y_pred, False, name)
-    sigmoid = multi_label or logits.shape[-1] == 1
-    eps = keras.config.epsilon()
-    if sigmoid:
-        if from_logits:
-            s = ops.sigmoid(logits)
-            log_fg, log_bg = ops.log_sigmoid(logits), ops.log_sigmoid(-logits)
-        else:
-            s = logits
-            clipped = ops.clip(logits, eps, 1.0 - eps)
-            log_fg, log_bg = ops.log(clipped), ops.log(1.0 - clipped)
-        return y_true, [(1.0 - labels, 1.0 - s, log_bg), (labels, s, log_fg)], True
-    if from_logits:
-        probs, log_s = ops.softmax(logits, axis=-1), ops.log_softmax(logits, axis=-1)
-    else:
-        probs, log_s = logits, ops.log(ops.clip(logits, eps, 1.0 - eps))
-    return y_true, [(labels, probs, log_s)], False
-
-
-def _voxel_values(terms, sigmoid):
-    """Per-voxel loss from per-side terms: the sum over classes for softmax,
-    the mean over channels of background + foreground terms for sigmoid."""
-    total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
-    if sigmoid:
-        return ops.mean(total, axis=-1)
-    return ops.sum(total, axis=-1)
-
-
-def _side_weights(weights, sides, sigmoid, name):
-    """One weight (sigmoid: a number per side) or weight vector (softmax:
-    one per class) for each side."""
-    weights = [float(w) for w in weights]
-    n_channels = sides[0][0].shape[-1]
-    if sigmoid:
-        if len(weights) != 2:
-            raise ValueError(
-                f"Invalid value for argument `{name}`. Expected "
-                "(w_background, w_foreground) for sigmoid predictions. "
-                f"Received: {name}={tuple(weights)}"
-            )
-        return weights
-    if len(weights) != n_channels:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected one weight per "
-            f"class ({n_channels}) for softmax predictions. "
-            f"Received: {name}={tuple(weights)}"
-        )
-    return [ops.convert_to_tensor(weights, "float32")]
-
-
-def _check_weights(name, weights, allow_none=False):
-    if weights is None and allow_none:
-        return None
-    ok = isinstance(weights, (list, tuple)) and len(weights) > 0
-    if ok:
-        try:
-            ok = all(float(w) >= 0 and math.isfinite(float(w)) for w in weights)
-        except (TypeError, ValueError):
-            ok = False
-    if not ok:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a non-empty list of "
-            "finite numbers >= 0 ((w_background, w_foreground) for sigmoid "
-            f"predictions, one per class for softmax). Received: {name}={weights!r}"
-        )
-    return [float(w) for w in weights]
-
-
 # ------------------------------------------------------------------ functions
-def cross_entropy(y_true, y_pred, from_logits=False, multi_label=False):
+def cross_entropy(y_true, y_pred, *, from_logits=False, multi_label=False):
     """Per-sample cross entropy [004, Eq. 1].
 
     `-(1/N) sum_i sum_c g_i^c log s_i^c` over the N voxels of a sample.
@@ -136,7 +64,7 @@ def cross_entropy(y_true, y_pred, from_logits=False, multi_label=False):
 
 
 def weighted_cross_entropy(
-    y_true, y_pred, class_weights, from_logits=False, multi_label=False
+    y_true, y_pred, *, class_weights, from_logits=False, multi_label=False
 ):
     """Per-sample weighted cross entropy [004, Eq. 2].
 
@@ -238,7 +166,9 @@ def _top_k_mean(values, k):
     return ops.sum(partial_sums(values * ops.stop_gradient(weights))) / count
 
 
-def top_k(y_true, y_pred, k=10.0, threshold=None, from_logits=False, multi_label=False):
+def top_k(
+    y_true, y_pred, *, k=10.0, threshold=None, from_logits=False, multi_label=False
+):
     """TopK cross entropy over the whole mini-batch [004, Eq. 3-4].
 
     Percentage variant (`threshold=None`): the mean per-voxel cross entropy of
@@ -262,7 +192,9 @@ def top_k(y_true, y_pred, k=10.0, threshold=None, from_logits=False, multi_label
     return _pooled(_top_k_mean(ops.reshape(ce, (-1,)), k), like)
 
 
-def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, multi_label=False):
+def focal(
+    y_true, y_pred, *, gamma=2.0, alpha=None, from_logits=False, multi_label=False
+):
     """Per-sample focal loss [004, Eq. 5].
 
     `-(1/N) sum_i sum_c a_c (1 - s_i^c)^gamma g_i^c log s_i^c`, with `a_c`
@@ -321,13 +253,13 @@ def dpce_penalty_map(labels, spacing=None):
 
 
 def distance_penalized_cross_entropy(
-    y_true, y_pred, from_logits=False, multi_label=False, map_index=0, spacing=None
+    y_true, y_pred, *, from_logits=False, multi_label=False, map_index=None, spacing=None
 ):
     """Per-sample distance-map penalized cross entropy [004, Eq. 6].
 
     `-(1/N) sum_i sum_c (1 + D_i^c) g_i^c log s_i^c` with D from
-    `dpce_penalty_map`, read from `y_true` (packed map number `map_index`)
-    when packed, computed from the labels otherwise.
+    `dpce_penalty_map`, computed from the labels when `map_index` is None,
+    else read from packed map slot `map_index`.
 
     Returns:
         Tensor of shape `(batch,)`.
@@ -337,7 +269,8 @@ def distance_penalized_cross_entropy(
     )
     c = sides[0][0].shape[-1]
     penalty = packed_or_computed(
-        y_true, c, map_index, lambda: dpce_penalty_map(y_true[..., :c], spacing)
+        y_true, c, map_index, lambda: dpce_penalty_map(y_true[..., :c], spacing),
+        "DistancePenalizedCrossEntropy", "DPCE penalty map",
     )
     weight = 1.0 + penalty
     return voxel_mean(_voxel_values([-weight * g * log_s for g, _, log_s in sides], sigmoid))
@@ -345,10 +278,13 @@ def distance_penalized_cross_entropy(
 
 # -------------------------------------------------------------------- classes
 class _DistributionLoss(SegLoss):
-    def __init__(self, from_logits, multi_label, reduction, name, dtype):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
-        self.multi_label = bool(multi_label)
+    """The arguments every cross-entropy loss shares, validated once."""
+
+    def __init__(self, fn, from_logits, multi_label, reduction, name, dtype, **kwargs):
+        super().__init__(
+            fn, reduction=reduction, name=name, dtype=dtype, from_logits=bool(from_logits),
+            multi_label=bool(multi_label), **kwargs,
+        )
 
 
 @register
@@ -379,7 +315,6 @@ class CrossEntropy(_DistributionLoss):
         Ma et al., Loss odyssey [004, Eq. 1].
     """
 
-    _config_keys = ("from_logits", "multi_label")
 
     def __init__(
         self,
@@ -389,10 +324,7 @@ class CrossEntropy(_DistributionLoss):
         name="cross_entropy",
         dtype=None,
     ):
-        super().__init__(from_logits, multi_label, reduction, name, dtype)
-
-    def call(self, y_true, y_pred):
-        return cross_entropy(y_true, y_pred, self.from_logits, self.multi_label)
+        super().__init__(cross_entropy, from_logits, multi_label, reduction, name, dtype)
 
 
 @register
@@ -422,7 +354,6 @@ class WeightedCrossEntropy(_DistributionLoss):
         Ma et al., Loss odyssey [004, Eq. 2].
     """
 
-    _config_keys = ("class_weights", "from_logits", "multi_label")
 
     def __init__(
         self,
@@ -433,12 +364,9 @@ class WeightedCrossEntropy(_DistributionLoss):
         name="weighted_cross_entropy",
         dtype=None,
     ):
-        super().__init__(from_logits, multi_label, reduction, name, dtype)
-        self.class_weights = _check_weights("class_weights", class_weights)
-
-    def call(self, y_true, y_pred):
-        return weighted_cross_entropy(
-            y_true, y_pred, self.class_weights, self.from_logits, self.multi_label
+        super().__init__(
+            weighted_cross_entropy, from_logits, multi_label, reduction, name, dtype,
+            class_weights=_check_weights("class_weights", class_weights),
         )
 
 
@@ -478,7 +406,6 @@ class TopK(_DistributionLoss):
         Ma et al., Loss odyssey [004, Eq. 3-4].
     """
 
-    _config_keys = ("k", "threshold", "from_logits", "multi_label")
 
     def __init__(
         self,
@@ -490,15 +417,12 @@ class TopK(_DistributionLoss):
         name="top_k",
         dtype=None,
     ):
-        super().__init__(from_logits, multi_label, reduction, name, dtype)
-        self.k = float(check_number("k", k, low=0, high=100, low_open=True))
         if threshold is not None:
             threshold = float(check_number("threshold", threshold, 0, 1, low_open=True))
-        self.threshold = threshold
-
-    def call(self, y_true, y_pred):
-        return top_k(
-            y_true, y_pred, self.k, self.threshold, self.from_logits, self.multi_label
+        super().__init__(
+            top_k, from_logits, multi_label, reduction, name, dtype,
+            k=float(check_number("k", k, low=0, high=100, low_open=True)),
+            threshold=threshold,
         )
 
 
@@ -532,7 +456,6 @@ class Focal(_DistributionLoss):
         Ma et al., Loss odyssey [004, Eq. 5].
     """
 
-    _config_keys = ("gamma", "alpha", "from_logits", "multi_label")
 
     def __init__(
         self,
@@ -544,17 +467,13 @@ class Focal(_DistributionLoss):
         name="focal",
         dtype=None,
     ):
-        super().__init__(from_logits, multi_label, reduction, name, dtype)
-        self.gamma = float(check_number("gamma", gamma, low=0))
         if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
             alpha = float(check_number("alpha", alpha, low=0, high=1))
         elif alpha is not None:
             alpha = _check_weights("alpha", alpha)
-        self.alpha = alpha
-
-    def call(self, y_true, y_pred):
-        return focal(
-            y_true, y_pred, self.gamma, self.alpha, self.from_logits, self.multi_label
+        super().__init__(
+            focal, from_logits, multi_label, reduction, name, dtype,
+            gamma=float(check_number("gamma", gamma, low=0)), alpha=alpha,
         )
 
 
@@ -565,14 +484,15 @@ class DistancePenalizedCrossEntropy(_DistributionLoss):
     `DPCE = -(1/N) sum_i sum_c (1 + D_i^c) g_i^c log s_i^c`, D the inverted,
     per-sample normalized distance transform of the ground truth
     (`dpce_penalty_map`): voxels next to a boundary weigh up to twice as much.
-    D is computed from the labels with the package's distance transform, or
-    read from `y_true` when packed (`pack_targets(labels, D)`); no gradient
-    flows through it.
+    D is computed from the labels with the package's distance transform by
+    default; to precompute it, pack it (`pack_targets(labels, D)`) and say
+    where (`map_index=0`). No gradient flows through it.
 
     Args:
         from_logits: bool. Defaults to `False`.
         multi_label: bool, independent sigmoid channels. Defaults to `False`.
-        map_index: int >= 0, which packed map holds D. Defaults to `0`.
+        map_index: `None` (compute D) or int >= 0, the packed slot that
+            holds it (map kind `"dpce"`). Defaults to `None`.
         spacing: voxel size (a number or one per spatial axis) for computed
             maps. Defaults to `None` (1).
         reduction, name, dtype: as `keras.losses.Loss`.
@@ -591,24 +511,20 @@ class DistancePenalizedCrossEntropy(_DistributionLoss):
         Ma et al., Loss odyssey [004, Eq. 6]; Caliva et al., 2019.
     """
 
-    _config_keys = ("from_logits", "multi_label", "map_index", "spacing")
+
+    map_kind = "dpce"
 
     def __init__(
         self,
         from_logits=False,
         multi_label=False,
-        map_index=0,
+        map_index=None,
         spacing=None,
         reduction="sum_over_batch_size",
         name="distance_penalized_cross_entropy",
         dtype=None,
     ):
-        super().__init__(from_logits, multi_label, reduction, name, dtype)
-        self.map_index = int(check_number("map_index", map_index, low=0, integer=True))
-        self.spacing = spacing_argument(spacing)
-
-    def call(self, y_true, y_pred):
-        return distance_penalized_cross_entropy(
-            y_true, y_pred, self.from_logits, self.multi_label, self.map_index,
-            self.spacing,
+        super().__init__(
+            distance_penalized_cross_entropy, from_logits, multi_label, reduction, name,
+            dtype, map_index=check_map_index(map_index), spacing=spacing_argument(spacing),
         )

@@ -22,6 +22,7 @@ from keras_seglosses._core import (
     region_sum,
     register,
 )
+from keras_seglosses.losses._common import _safe_power
 
 __all__ = [
     "sensitivity_specificity",
@@ -49,19 +50,6 @@ def _overlaps(y_true, y_pred, from_logits, batch, name):
     return region_sum(g * s, batch), region_sum(g, batch), region_sum(s, batch), s
 
 
-def _safe_power(x, exponent):
-    """`x ** exponent` for x >= 0 with a zero (not NaN/inf) gradient at x = 0
-    when exponent < 1.
-
-    Written as `exp(exponent * log x)`: the backward pass then reuses the
-    forward exponential instead of evaluating a second power, which halves
-    the transcendental work of per-voxel uses (`ExpLog`).
-    """
-    positive = x > 0
-    safe = ops.where(positive, x, 1.0)
-    return ops.where(positive, ops.exp(exponent * ops.log(safe)), 0.0)
-
-
 def _select_classes(values, include_background):
     if not include_background and values.shape[-1] > 1:
         return values[..., 1:]
@@ -70,7 +58,7 @@ def _select_classes(values, include_background):
 
 # ------------------------------------------------------------------ functions
 def sensitivity_specificity(
-    y_true, y_pred, w=0.1, smooth=1.0, batch=False, from_logits=False,
+    y_true, y_pred, *, w=0.1, smooth=1.0, batch=False, from_logits=False,
     include_background=True,
 ):
     """Per-sample sensitivity-specificity loss [004, Eq. 7].
@@ -88,7 +76,7 @@ def sensitivity_specificity(
     return per_sample(w * fg + (1.0 - w) * bg, s, batch, include_background)
 
 
-def iou(y_true, y_pred, smooth=1.0, batch=False, from_logits=False, include_background=True):
+def iou(y_true, y_pred, *, smooth=1.0, batch=False, from_logits=False, include_background=True):
     """Per-sample soft IoU (Jaccard) loss [004, Eq. 10].
 
     `1 - (sum g s + e) / (sum (g + s - g s) + e)` per class; the mean over
@@ -103,7 +91,7 @@ def iou(y_true, y_pred, smooth=1.0, batch=False, from_logits=False, include_back
 
 
 def tversky(
-    y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
+    y_true, y_pred, *, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
     include_background=True,
 ):
     """Per-sample Tversky loss [004, Eq. 14].
@@ -126,7 +114,7 @@ def _tversky_per_class(tp, sg, ss, alpha, beta, smooth):
 
 
 def focal_tversky(
-    y_true, y_pred, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
+    y_true, y_pred, *, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
     from_logits=False, include_background=True,
 ):
     """Per-sample focal Tversky loss [004, Eq. 16].
@@ -143,7 +131,7 @@ def focal_tversky(
 
 
 def asymmetric_similarity(
-    y_true, y_pred, beta=1.5, smooth=1.0, batch=False, from_logits=False,
+    y_true, y_pred, *, beta=1.5, smooth=1.0, batch=False, from_logits=False,
     include_background=True,
 ):
     """Per-sample asymmetric similarity loss [004, Eq. 17].
@@ -183,7 +171,7 @@ def _repeat(values, like, batch):
 
 
 def generalized_dice(
-    y_true, y_pred, smooth=1e-5, batch=False, from_logits=False, include_background=True
+    y_true, y_pred, *, smooth=1e-5, batch=False, from_logits=False, include_background=True
 ):
     """Per-sample generalized Dice loss [004, Eq. 15].
 
@@ -200,7 +188,7 @@ def generalized_dice(
 
 
 def penalty_generalized_dice(
-    y_true, y_pred, k=2.5, smooth=1e-5, batch=False, from_logits=False,
+    y_true, y_pred, *, k=2.5, smooth=1e-5, batch=False, from_logits=False,
     include_background=True,
 ):
     """Per-sample penalty generalized Dice loss [004, Eq. 18].
@@ -254,7 +242,7 @@ def _n_voxels(x):
     return n
 
 
-def lovasz(y_true, y_pred, batch=False, from_logits=False, include_background=True):
+def lovasz(y_true, y_pred, *, batch=False, from_logits=False, include_background=True):
     """Per-sample Lovasz loss [004, Eq. 11-13].
 
     Per class, the errors `m_i = |g_i - s_i|` (Eq. 11) go through the exact
@@ -282,35 +270,16 @@ def lovasz(y_true, y_pred, batch=False, from_logits=False, include_background=Tr
 
 # -------------------------------------------------------------------- classes
 class _RegionLoss(SegLoss):
-    _config_keys = ("smooth", "batch", "from_logits", "include_background")
+    """The arguments every overlap loss shares, validated once."""
 
-    def __init__(self, smooth, batch, from_logits, include_background, reduction, name,
-                 dtype):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.smooth = float(check_number("smooth", smooth, low=0))
-        self.batch = bool(batch)
-        self.from_logits = bool(from_logits)
-        self.include_background = bool(include_background)
-
-    @property
-    def _common(self):
-        return dict(
-            smooth=self.smooth,
-            batch=self.batch,
-            from_logits=self.from_logits,
-            include_background=self.include_background,
+    def __init__(self, fn, smooth, batch, from_logits, include_background, reduction,
+                 name, dtype, **kwargs):
+        super().__init__(
+            fn, reduction=reduction, name=name, dtype=dtype,
+            smooth=float(check_number("smooth", smooth, low=0)), batch=bool(batch),
+            from_logits=bool(from_logits), include_background=bool(include_background),
+            **kwargs,
         )
-
-
-_COMMON_ARGS = """        smooth: float >= 0 added to numerator and denominator. Defaults to
-            `{smooth}`.
-        batch: bool, pool the sums over the mini-batch (and repeat the value
-            per sample). Defaults to `False`.
-        from_logits: bool; sigmoid for one channel, softmax for several.
-            Defaults to `False`.
-        include_background: bool; when False and C > 1, channel 0 is left
-            out. Defaults to `True`.
-        reduction, name, dtype: as `keras.losses.Loss`."""
 
 
 @register
@@ -323,7 +292,15 @@ class SensitivitySpecificity(_RegionLoss):
 
     Args:
         w: float in [0, 1]. Defaults to `0.1`.
-{common}
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1.0`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
 
@@ -338,18 +315,14 @@ class SensitivitySpecificity(_RegionLoss):
         Ma et al., Loss odyssey [004, Eq. 7]; Brosch et al., 2015.
     """
 
-    _config_keys = ("w",) + _RegionLoss._config_keys
-
     def __init__(self, w=0.1, smooth=1.0, batch=False, from_logits=False,
                  include_background=True, reduction="sum_over_batch_size",
                  name="sensitivity_specificity", dtype=None):
-        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
-                         dtype)
-        self.w = float(check_number("w", w, low=0, high=1))
-
-    def call(self, y_true, y_pred):
-        return sensitivity_specificity(y_true, y_pred, self.w, **self._common)
-
+        super().__init__(
+            sensitivity_specificity, smooth, batch, from_logits, include_background, reduction,
+            name, dtype,
+            w=float(check_number("w", w, low=0, high=1)),
+        )
 
 @register
 class IoU(_RegionLoss):
@@ -359,7 +332,15 @@ class IoU(_RegionLoss):
     over classes.
 
     Args:
-{common}
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1.0`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
 
@@ -377,12 +358,10 @@ class IoU(_RegionLoss):
     def __init__(self, smooth=1.0, batch=False, from_logits=False,
                  include_background=True, reduction="sum_over_batch_size", name="iou",
                  dtype=None):
-        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
-                         dtype)
-
-    def call(self, y_true, y_pred):
-        return iou(y_true, y_pred, **self._common)
-
+        super().__init__(
+            iou, smooth, batch, from_logits, include_background, reduction,
+            name, dtype,
+        )
 
 @register
 class Lovasz(SegLoss):
@@ -415,17 +394,12 @@ class Lovasz(SegLoss):
         Ma et al., Loss odyssey [004, Eq. 11-13]; Berman et al., 2018.
     """
 
-    _config_keys = ("batch", "from_logits", "include_background")
-
     def __init__(self, batch=False, from_logits=False, include_background=True,
                  reduction="sum_over_batch_size", name="lovasz", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.batch = bool(batch)
-        self.from_logits = bool(from_logits)
-        self.include_background = bool(include_background)
-
-    def call(self, y_true, y_pred):
-        return lovasz(y_true, y_pred, self.batch, self.from_logits, self.include_background)
+        super().__init__(
+            lovasz, reduction=reduction, name=name, dtype=dtype, batch=bool(batch),
+            from_logits=bool(from_logits), include_background=bool(include_background),
+        )
 
 
 @register
@@ -434,13 +408,23 @@ class Tversky(_RegionLoss):
 
     `TL = 1 - (TP + e) / (TP + alpha FP + beta FN + e)` per class with soft
     counts `TP = sum g s`, `FP = sum (1 - g) s`, `FN = sum g (1 - s)`; the
-    mean over classes. `alpha = beta = 0.5` is the Dice loss. Note that
-    `keras.losses.Tversky` puts its `alpha` on false negatives.
+    mean over classes. `alpha = beta = 0.5` is the Dice loss. `alpha`
+    weighs false positives and `beta` false negatives, as Salehi et al. and
+    MONAI's `TverskyLoss`; check another library's convention before
+    copying its values.
 
     Args:
         alpha: float >= 0, the weight of false positives. Defaults to `0.3`.
         beta: float >= 0, the weight of false negatives. Defaults to `0.7`.
-{common}
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1.0`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
 
@@ -455,19 +439,15 @@ class Tversky(_RegionLoss):
         Ma et al., Loss odyssey [004, Eq. 14]; Salehi et al., 2017.
     """
 
-    _config_keys = ("alpha", "beta") + _RegionLoss._config_keys
-
     def __init__(self, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
                  include_background=True, reduction="sum_over_batch_size",
                  name="tversky", dtype=None):
-        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
-                         dtype)
-        self.alpha = float(check_number("alpha", alpha, low=0))
-        self.beta = float(check_number("beta", beta, low=0))
-
-    def call(self, y_true, y_pred):
-        return tversky(y_true, y_pred, self.alpha, self.beta, **self._common)
-
+        super().__init__(
+            tversky, smooth, batch, from_logits, include_background, reduction,
+            name, dtype,
+            alpha=float(check_number("alpha", alpha, low=0)),
+            beta=float(check_number("beta", beta, low=0)),
+        )
 
 @register
 class FocalTversky(_RegionLoss):
@@ -481,7 +461,15 @@ class FocalTversky(_RegionLoss):
         alpha: float >= 0, the weight of false positives. Defaults to `0.3`.
         beta: float >= 0, the weight of false negatives. Defaults to `0.7`.
         gamma: float > 0. Defaults to `0.75`.
-{common}
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1.0`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
 
@@ -496,22 +484,16 @@ class FocalTversky(_RegionLoss):
         Ma et al., Loss odyssey [004, Eq. 16]; Abraham and Khan, 2019.
     """
 
-    _config_keys = ("alpha", "beta", "gamma") + _RegionLoss._config_keys
-
     def __init__(self, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
                  from_logits=False, include_background=True,
                  reduction="sum_over_batch_size", name="focal_tversky", dtype=None):
-        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
-                         dtype)
-        self.alpha = float(check_number("alpha", alpha, low=0))
-        self.beta = float(check_number("beta", beta, low=0))
-        self.gamma = float(check_number("gamma", gamma, low=0, low_open=True))
-
-    def call(self, y_true, y_pred):
-        return focal_tversky(
-            y_true, y_pred, self.alpha, self.beta, self.gamma, **self._common
+        super().__init__(
+            focal_tversky, smooth, batch, from_logits, include_background, reduction,
+            name, dtype,
+            alpha=float(check_number("alpha", alpha, low=0)),
+            beta=float(check_number("beta", beta, low=0)),
+            gamma=float(check_number("gamma", gamma, low=0, low_open=True)),
         )
-
 
 @register
 class AsymmetricSimilarity(_RegionLoss):
@@ -523,7 +505,15 @@ class AsymmetricSimilarity(_RegionLoss):
     Args:
         beta: float > 0; beta > 1 weighs false negatives more. Defaults to
             `1.5`.
-{common}
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1.0`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
 
@@ -538,18 +528,14 @@ class AsymmetricSimilarity(_RegionLoss):
         Ma et al., Loss odyssey [004, Eq. 17]; Hashemi et al., 2019.
     """
 
-    _config_keys = ("beta",) + _RegionLoss._config_keys
-
     def __init__(self, beta=1.5, smooth=1.0, batch=False, from_logits=False,
                  include_background=True, reduction="sum_over_batch_size",
                  name="asymmetric_similarity", dtype=None):
-        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
-                         dtype)
-        self.beta = float(check_number("beta", beta, low=0, low_open=True))
-
-    def call(self, y_true, y_pred):
-        return asymmetric_similarity(y_true, y_pred, self.beta, **self._common)
-
+        super().__init__(
+            asymmetric_similarity, smooth, batch, from_logits, include_background, reduction,
+            name, dtype,
+            beta=float(check_number("beta", beta, low=0, low_open=True)),
+        )
 
 @register
 class GeneralizedDice(_RegionLoss):
@@ -562,7 +548,15 @@ class GeneralizedDice(_RegionLoss):
     sums are of order `1 / sum g`.
 
     Args:
-{common}
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1e-05`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
 
@@ -580,12 +574,10 @@ class GeneralizedDice(_RegionLoss):
     def __init__(self, smooth=1e-5, batch=False, from_logits=False,
                  include_background=True, reduction="sum_over_batch_size",
                  name="generalized_dice", dtype=None):
-        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
-                         dtype)
-
-    def call(self, y_true, y_pred):
-        return generalized_dice(y_true, y_pred, **self._common)
-
+        super().__init__(
+            generalized_dice, smooth, batch, from_logits, include_background, reduction,
+            name, dtype,
+        )
 
 @register
 class PenaltyGeneralizedDice(_RegionLoss):
@@ -598,7 +590,15 @@ class PenaltyGeneralizedDice(_RegionLoss):
     Args:
         k: float >= 0, the penalty of false positives and negatives.
             Defaults to `2.5`.
-{common}
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1e-05`.
+        batch: bool, pool the sums over the mini-batch (and repeat the value
+            per sample). Defaults to `False`.
+        from_logits: bool; sigmoid for one channel, softmax for several.
+            Defaults to `False`.
+        include_background: bool; when False and C > 1, channel 0 is left
+            out. Defaults to `True`.
+        reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
 
@@ -613,23 +613,12 @@ class PenaltyGeneralizedDice(_RegionLoss):
         Ma et al., Loss odyssey [004, Eq. 18]; Su et al., 2019.
     """
 
-    _config_keys = ("k",) + _RegionLoss._config_keys
-
     def __init__(self, k=2.5, smooth=1e-5, batch=False, from_logits=False,
                  include_background=True, reduction="sum_over_batch_size",
                  name="penalty_generalized_dice", dtype=None):
-        super().__init__(smooth, batch, from_logits, include_background, reduction, name,
-                         dtype)
-        self.k = float(check_number("k", k, low=0))
+        super().__init__(
+            penalty_generalized_dice, smooth, batch, from_logits, include_background, reduction,
+            name, dtype,
+            k=float(check_number("k", k, low=0)),
+        )
 
-    def call(self, y_true, y_pred):
-        return penalty_generalized_dice(y_true, y_pred, self.k, **self._common)
-
-
-for _cls, _smooth in (
-    (SensitivitySpecificity, "1.0"), (IoU, "1.0"), (Tversky, "1.0"),
-    (FocalTversky, "1.0"), (AsymmetricSimilarity, "1.0"), (GeneralizedDice, "1e-05"),
-    (PenaltyGeneralizedDice, "1e-05"),
-):
-    _cls.__doc__ = _cls.__doc__.replace("{common}", _COMMON_ARGS.format(smooth=_smooth))
-del _cls, _smooth

@@ -154,7 +154,7 @@ def _combine(loss, present, region_reduction):
 
 # ------------------------------------------------------------------ functions
 def region_specific_dice(
-    y_true, y_pred, grid=16, smooth=1e-7, region_reduction="sum", from_logits=False
+    y_true, y_pred, *, grid=16, smooth=1e-7, region_reduction="sum", from_logits=False
 ):
     """Per-sample region-specific Dice loss [003, Eq. 4].
 
@@ -214,6 +214,7 @@ def adaptive_tversky_weights(fp, fn, A=0.3, B=0.4, smooth=1e-7):
 def adaptive_region_specific_tversky(
     y_true,
     y_pred,
+    *,
     grid=16,
     A=0.3,
     B=0.4,
@@ -251,8 +252,20 @@ def adaptive_region_specific_tversky(
 
 # -------------------------------------------------------------------- classes
 class _GridLoss(SegLoss):
-    """Base of the two classes: a tuple `grid` is serialized as a list (plain
-    JSON; `_check_grid` turns it back into a tuple)."""
+    """Base of the two classes: the arguments they share, validated once; a
+    tuple `grid` is serialized as a list (plain JSON; `_check_grid` turns it
+    back into a tuple)."""
+
+    def __init__(self, fn, grid, smooth, region_reduction, from_logits, reduction, name,
+                 dtype, **kwargs):
+        super().__init__(
+            fn, reduction=reduction, name=name, dtype=dtype, grid=_check_grid(grid),
+            smooth=float(check_number("smooth", smooth, low=0)),
+            region_reduction=check_choice(
+                "region_reduction", region_reduction, {"sum", "mean"}
+            ),
+            from_logits=bool(from_logits), **kwargs,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -312,8 +325,6 @@ class RegionSpecificDice(_GridLoss):
         Chen et al., TPAMI 2023 [003, Eq. 2, Eq. 4, Sec. 3.2, Sec. 5].
     """
 
-    _config_keys = ("grid", "smooth", "region_reduction", "from_logits")
-
     def __init__(
         self,
         grid=16,
@@ -324,22 +335,9 @@ class RegionSpecificDice(_GridLoss):
         name="region_specific_dice",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.grid = _check_grid(grid)
-        self.smooth = float(check_number("smooth", smooth, low=0))
-        self.region_reduction = check_choice(
-            "region_reduction", region_reduction, {"sum", "mean"}
-        )
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        return region_specific_dice(
-            y_true,
-            y_pred,
-            self.grid,
-            self.smooth,
-            self.region_reduction,
-            self.from_logits,
+        super().__init__(
+            region_specific_dice, grid, smooth, region_reduction, from_logits, reduction,
+            name, dtype,
         )
 
 
@@ -395,16 +393,6 @@ class AdaptiveRegionSpecificTversky(_GridLoss):
         Chen et al., TPAMI 2023 [003, Eq. 5-8, Sec. 3.3, Sec. 5].
     """
 
-    _config_keys = (
-        "grid",
-        "A",
-        "B",
-        "smooth",
-        "region_reduction",
-        "adaptive_gradient",
-        "from_logits",
-    )
-
     def __init__(
         self,
         grid=16,
@@ -418,33 +406,17 @@ class AdaptiveRegionSpecificTversky(_GridLoss):
         name="adaptive_region_specific_tversky",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.grid = _check_grid(grid)
-        self.A = float(check_number("A", A, low=0))
-        self.B = float(check_number("B", B, low=0))
-        if self.A + self.B <= 0:
+        check_number("A", A, low=0)
+        check_number("B", B, low=0)
+        if A + B <= 0:
             # alpha = beta = 0: the loss would be 1 - (TP + eps) / (TP + eps),
             # identically 0 (or 0/0 with smooth = 0).
             raise ValueError(
                 "Invalid values for arguments `A` and `B`. Expected A + B > 0. "
                 f"Received: A={A!r}, B={B!r}"
             )
-        self.smooth = float(check_number("smooth", smooth, low=0))
-        self.region_reduction = check_choice(
-            "region_reduction", region_reduction, {"sum", "mean"}
-        )
-        self.adaptive_gradient = bool(adaptive_gradient)
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        return adaptive_region_specific_tversky(
-            y_true,
-            y_pred,
-            self.grid,
-            self.A,
-            self.B,
-            self.smooth,
-            self.region_reduction,
-            self.adaptive_gradient,
-            self.from_logits,
+        super().__init__(
+            adaptive_region_specific_tversky, grid, smooth, region_reduction, from_logits,
+            reduction, name, dtype, A=float(A), B=float(B),
+            adaptive_gradient=bool(adaptive_gradient),
         )

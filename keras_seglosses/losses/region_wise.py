@@ -10,7 +10,7 @@ from keras import ops
 from keras_seglosses._core import (
     SegLoss,
     check_choice,
-    check_number,
+    check_map_index,
     prepare,
     register,
     voxel_mean,
@@ -22,22 +22,19 @@ from keras_seglosses.targets import packed_or_computed
 __all__ = ["region_wise", "RegionWise"]
 
 
-def _check_map_index(map_index):
-    if map_index is not None:
-        check_number("map_index", map_index, low=0, integer=True)
-        map_index = int(map_index)
-    return map_index
+#: The map kind (`targets.MapRead.kind`) of each region-wise map.
+MAP_KINDS = {"rrw": "rrw", "boundary": "rw_boundary", "ac": "rw_ac"}
 
 
 def region_wise(
-    y_true, y_pred, map="rrw", spacing=None, map_index=0, from_logits=False
+    y_true, y_pred, *, map="rrw", spacing=None, map_index=None, from_logits=False
 ):
     """Per-sample region-wise loss [002, Eq. 1].
 
     The mean over voxels and classes of `P * Z`, with P the class
     probabilities (a single sigmoid channel p becomes `[1 - p, p]`) and Z the
-    region-wise map: read from `y_true` when it carries one at `map_index`,
-    computed from the labels with `keras_seglosses.maps` otherwise.
+    region-wise map: computed from the labels with `keras_seglosses.maps`
+    when `map_index` is None, else read from packed map slot `map_index`.
 
     Args:
         y_true, y_pred: as `RegionWise`.
@@ -51,12 +48,11 @@ def region_wise(
     c = p.shape[-1]
     if c == 1:
         p = ops.concatenate([1.0 - p, p], axis=-1)
-    def compute():
-        return RW_MAPS[map](y, spacing)
-
     # K = max(C, 2) map channels: one sigmoid channel's map fills two slots
-    k = p.shape[-1]
-    z = compute() if map_index is None else packed_or_computed(y_true, c, map_index, compute, k)
+    z = packed_or_computed(
+        y_true, c, map_index, lambda: RW_MAPS[map](y, spacing), "RegionWise",
+        f"{map!r} region-wise map", channels=p.shape[-1],
+    )
     return voxel_mean(p * z)
 
 
@@ -85,17 +81,17 @@ class RegionWise(SegLoss):
     To avoid computing the map at every step, precompute it and pack it in
     `y_true` after the labels: `pack_targets(y, z)` for `C > 1`, or
     `pack_targets(y, z[..., :1], z[..., 1:])` for one sigmoid channel (the
-    two-channel map takes two packed slots). The loss reads the map at packed
-    slot `map_index` when `y_true` has one there, and computes it from the
-    labels otherwise; `map_index=None` always computes it.
+    two-channel map takes two packed slots), and say where: `map_index=0`.
+    With `map_index=None` (the default) the map is computed from the labels.
 
     Args:
         map: `"rrw"`, `"boundary"` or `"ac"`. Defaults to `"rrw"`.
         spacing: optional voxel spacing for the distance maps, a positive
             number or a list with one per spatial axis. Defaults to `None`
             (unit spacing).
-        map_index: int or None, the packed slot of a precomputed map.
-            Defaults to `0`.
+        map_index: `None` (compute the map) or int >= 0, the first packed
+            slot of a precomputed map (map kind `"rrw"`, `"rw_boundary"` or
+            `"rw_ac"`). Defaults to `None`.
         from_logits: bool; softmax for several channels, sigmoid for one.
             Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
@@ -119,25 +115,31 @@ class RegionWise(SegLoss):
         Valverde and Tohka [002, Eq. 1-4, Sec. 3.2-3.3].
     """
 
-    _config_keys = ("map", "spacing", "map_index", "from_logits")
-
     def __init__(
         self,
         map="rrw",
         spacing=None,
-        map_index=0,
+        map_index=None,
         from_logits=False,
         reduction="sum_over_batch_size",
         name="region_wise",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.map = check_choice("map", map, set(RW_MAPS))
-        self.spacing = spacing_argument(spacing)
-        self.map_index = _check_map_index(map_index)
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        return region_wise(
-            y_true, y_pred, self.map, self.spacing, self.map_index, self.from_logits
+        super().__init__(
+            region_wise,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            map=check_choice("map", map, set(RW_MAPS)),
+            spacing=spacing_argument(spacing),
+            map_index=check_map_index(map_index),
+            from_logits=bool(from_logits),
         )
+
+    @property
+    def map_kind(self):
+        return MAP_KINDS[self.map]
+
+    def map_slots(self, n_classes):
+        # one sigmoid channel is two classes, so its map fills two slots
+        return 2 if n_classes == 1 else 1

@@ -11,6 +11,7 @@ from keras import ops
 from keras_seglosses._core import (
     SegLoss,
     check_choice,
+    check_map_index,
     check_number,
     per_sample,
     prepare,
@@ -51,7 +52,7 @@ def _log_probabilities(y_pred, from_logits):
 
 # ------------------------------------------------------------------ functions
 def weighted_binary_crossentropy(
-    y_true, y_pred, pos_weight=1.0, voxel_reduction="mean", from_logits=False
+    y_true, y_pred, *, pos_weight=1.0, voxel_reduction="mean", from_logits=False
 ):
     """Per-sample weighted binary cross entropy [000, Eq. 1].
 
@@ -79,6 +80,7 @@ def _class_sums(columns, fn):
 def dice(
     y_true,
     y_pred,
+    *,
     smooth=1.0,
     squared=False,
     batch=True,
@@ -106,19 +108,21 @@ def dice(
     return per_sample(loss, p, batch, include_background)
 
 
-def reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logits=False):
+def reward_penalty_dice(
+    y_true, y_pred, *, smooth=1.0, batch=True, from_logits=False, map_index=0
+):
     """Per-sample Reward-Penalty Dice loss [000, Eq. 3].
 
     `1 - (2 sum y P M + s) / (sum y |M| + sum P |M| + s)` with the reward-penalty
-    map M packed in `y_true` after the labels; the mean over classes. Labels
-    must be non-negative (binary, one-hot or soft).
+    map M packed in `y_true` at map slot `map_index`; the mean over classes.
+    Labels must be non-negative (binary, one-hot or soft).
 
     Returns:
         Tensor of shape `(batch,)`.
     """
     y_true, _, p = prepare(y_true, y_pred, from_logits, "RewardPenaltyDice")
     ys, ms = require_map_columns(
-        y_true, p.shape[-1], 0, batch, "RewardPenaltyDice", "reward-penalty map"
+        y_true, p.shape[-1], map_index, batch, "RewardPenaltyDice", "reward-penalty map"
     )
 
     def sums(y, m, q):
@@ -134,7 +138,7 @@ def reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logits=Fals
     return per_sample(loss, p, batch)
 
 
-def legacy_reward_penalty_dice(y_true, y_pred, smooth=1.0, batch=True, from_logits=False):
+def legacy_reward_penalty_dice(y_true, y_pred, *, smooth=1.0, batch=True, from_logits=False):
     """Per-sample loss of the released RPDL code on its encoded target `h`.
 
     `1 - (2 sum h P + s) / (sum |h| + sum P + s)` with `h` from
@@ -193,8 +197,6 @@ class WeightedBinaryCrossentropy(SegLoss):
         He et al., IJCNN 2020 [000, Eq. 1].
     """
 
-    _config_keys = ("pos_weight", "voxel_reduction", "from_logits")
-
     def __init__(
         self,
         pos_weight=1.0,
@@ -204,16 +206,14 @@ class WeightedBinaryCrossentropy(SegLoss):
         name="weighted_binary_crossentropy",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.pos_weight = float(check_number("pos_weight", pos_weight, low=0))
-        self.voxel_reduction = check_choice(
-            "voxel_reduction", voxel_reduction, {"mean", "sum"}
-        )
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        return weighted_binary_crossentropy(
-            y_true, y_pred, self.pos_weight, self.voxel_reduction, self.from_logits
+        super().__init__(
+            weighted_binary_crossentropy,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            pos_weight=float(check_number("pos_weight", pos_weight, low=0)),
+            voxel_reduction=check_choice("voxel_reduction", voxel_reduction, {"mean", "sum"}),
+            from_logits=bool(from_logits),
         )
 
 
@@ -255,8 +255,6 @@ class Dice(SegLoss):
         He et al., IJCNN 2020 [000, Eq. 2]; Ma et al. [004, Eq. 8-9].
     """
 
-    _config_keys = ("smooth", "squared", "batch", "from_logits", "include_background")
-
     def __init__(
         self,
         smooth=1.0,
@@ -268,22 +266,16 @@ class Dice(SegLoss):
         name="dice",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.smooth = float(check_number("smooth", smooth, low=0))
-        self.squared = bool(squared)
-        self.batch = bool(batch)
-        self.from_logits = bool(from_logits)
-        self.include_background = bool(include_background)
-
-    def call(self, y_true, y_pred):
-        return dice(
-            y_true,
-            y_pred,
-            self.smooth,
-            self.squared,
-            self.batch,
-            self.from_logits,
-            self.include_background,
+        super().__init__(
+            dice,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            smooth=float(check_number("smooth", smooth, low=0)),
+            squared=bool(squared),
+            batch=bool(batch),
+            from_logits=bool(from_logits),
+            include_background=bool(include_background),
         )
 
 
@@ -299,8 +291,9 @@ class RewardPenaltyDice(SegLoss):
         dRPDL/dP_i = 2 (|M_i| sum y P M - y_i M_i (sum y|M| + sum P|M|))
                      / (sum y|M| + sum P|M|)^2
 
-    M travels in `y_true`: build targets with
-    `keras_seglosses.pack_targets(labels, M)`. Sums pool the mini-batch by
+    M travels in `y_true` at packed slot `map_index`: build targets with
+    `keras_seglosses.pack_targets(labels, M)` (slot 0), or name the slots
+    with `keras_seglosses.TargetLayout`. Sums pool the mini-batch by
     default, as the paper ("N is the number of voxels in the mini-batch") and
     its code.
 
@@ -308,10 +301,12 @@ class RewardPenaltyDice(SegLoss):
         smooth: float >= 0. Defaults to `1.0`.
         batch: bool, pool over the mini-batch. Defaults to `True`.
         from_logits: bool. Defaults to `False`.
+        map_index: int >= 0, the packed slot of M (it cannot be computed
+            from one annotation). Defaults to `0`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
-    Shapes: `y_pred` `(batch, *spatial, C)`; `y_true` `(batch, *spatial, 2C)`
-    (labels, then M).
+    Shapes: `y_pred` `(batch, *spatial, C)`; `y_true` `(batch, *spatial,
+    (2 + map_index) C)` at least (labels, then the maps).
 
     Example:
 
@@ -328,25 +323,27 @@ class RewardPenaltyDice(SegLoss):
         He et al., IJCNN 2020 [000, Eq. 3-4].
     """
 
-    _config_keys = ("smooth", "batch", "from_logits")
+    map_kind = "rpmap"
 
     def __init__(
         self,
         smooth=1.0,
         batch=True,
         from_logits=False,
+        map_index=0,
         reduction="sum_over_batch_size",
         name="reward_penalty_dice",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.smooth = float(check_number("smooth", smooth, low=0))
-        self.batch = bool(batch)
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        return reward_penalty_dice(
-            y_true, y_pred, self.smooth, self.batch, self.from_logits
+        super().__init__(
+            reward_penalty_dice,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            smooth=float(check_number("smooth", smooth, low=0)),
+            batch=bool(batch),
+            from_logits=bool(from_logits),
+            map_index=check_map_index(map_index, allow_none=False),
         )
 
 
@@ -377,7 +374,7 @@ class LegacyRewardPenaltyDice(SegLoss):
         He et al., IJCNN 2020 [000, Eq. 3]; the authors' released training code.
     """
 
-    _config_keys = ("smooth", "batch", "from_logits")
+    label_kind = "legacy"
 
     def __init__(
         self,
@@ -388,12 +385,12 @@ class LegacyRewardPenaltyDice(SegLoss):
         name="legacy_reward_penalty_dice",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.smooth = float(check_number("smooth", smooth, low=0))
-        self.batch = bool(batch)
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        return legacy_reward_penalty_dice(
-            y_true, y_pred, self.smooth, self.batch, self.from_logits
+        super().__init__(
+            legacy_reward_penalty_dice,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            smooth=float(check_number("smooth", smooth, low=0)),
+            batch=bool(batch),
+            from_logits=bool(from_logits),
         )

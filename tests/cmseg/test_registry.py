@@ -36,18 +36,39 @@ def test_paper_aliases_and_targets():
     assert registry.loss_class("wcel") is keras_seglosses.WeightedBinaryCrossentropy
     assert registry.loss_class("dl") is keras_seglosses.Dice
     assert registry.loss_class("rpdl") is keras_seglosses.RewardPenaltyDice
-    assert registry.loss_targets("rpdl") == "rpdl"
-    assert registry.loss_targets("legacy_reward_penalty_dice") == "legacy"
-    assert registry.loss_targets("dl") == "plain"
-    assert registry.loss_targets("wcel") == "plain"
+    targets = lambda name, **kw: registry.loss_targets(registry.make_loss(name, kw))
+    assert targets("rpdl") == "rpdl"
+    assert targets("legacy_reward_penalty_dice") == "legacy"
+    assert targets("dl") == "plain"
+    assert targets("wcel") == "plain"
+    # maps a loss can compute are computed, so it needs plain labels ...
+    assert targets("boundary") == targets("region_wise") == targets("dice_hd") == "plain"
+    # ... and a compound needs what its members read
+    rpdl_bd = [[keras.saving.serialize_keras_object(keras_seglosses.RewardPenaltyDice()), 1.0],
+               [keras.saving.serialize_keras_object(keras_seglosses.Boundary()), 1.0]]
+    assert targets("compound", losses=rpdl_bd) == "rpdl"
+    # a map the pipeline cannot pack is refused with the reason
+    with pytest.raises(ValueError, match="packs only the reward-penalty map"):
+        targets("boundary", map_index=0)
+
+
+def test_class_weight_by_class_not_alias():
+    """`weighted_binary_crossentropy` is `wcel`: both take the fold's ratio."""
+    assert registry.takes_pos_weight("wcel")
+    assert registry.takes_pos_weight("weighted_binary_crossentropy")
+    assert not registry.takes_pos_weight("dl")
+    loss = registry.make_loss("weighted_binary_crossentropy", pos_weight=24.0)
+    assert loss.pos_weight == 24.0
+    # an explicit --loss-config value wins
+    assert registry.make_loss("wcel", {"pos_weight": 3.0}, pos_weight=24.0).pos_weight == 3.0
 
 
 def test_make_loss():
     loss = registry.make_loss("wcel", pos_weight=24.0)
     assert loss.get_config()["pos_weight"] == 24.0
-    assert registry.make_loss("dl", smooth=1e-5).get_config()["smooth"] == 1e-5
+    assert registry.make_loss("dl", {"smooth": 1e-5}).get_config()["smooth"] == 1e-5
     with pytest.raises(ValueError, match="Accepted arguments: .*smooth"):
-        registry.make_loss("dl", smoothing=1.0)
+        registry.make_loss("dl", {"smoothing": 1.0})
     with pytest.raises(ValueError, match="Expected one of wcel, dl, rpdl"):
         registry.loss_class("focal_dice_xyz")
 
@@ -73,8 +94,8 @@ def batches():
 
 
 def _required_arguments(name):
-    params = inspect.signature(registry.loss_class(name).__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.default is p.empty
+    params = inspect.signature(registry.loss_class(name)).parameters.values()
+    return [p.name for p in params if p.default is p.empty
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
@@ -88,7 +109,7 @@ def test_every_name_computes_on_the_targets_it_is_given(name, batches):
         with pytest.raises(ValueError, match=f"loss_config.*{required[0]}"):
             registry.make_loss(name)
         return
-    x, y = batches[registry.loss_targets(name)]
+    x, y = batches[registry.loss_targets(registry.make_loss(name))]
     y = keras.ops.convert_to_numpy(y)
     pred = np.random.default_rng(0).uniform(0.05, 0.95, y.shape[:-1] + (1,)).astype("float32")
     value = registry.make_loss(name, pos_weight=20.0)(y, pred)
@@ -98,7 +119,7 @@ def test_every_name_computes_on_the_targets_it_is_given(name, batches):
 def test_compound_from_json_config(batches):
     members = [[keras.saving.serialize_keras_object(keras_seglosses.Dice()), 1.0],
                [keras.saving.serialize_keras_object(keras_seglosses.CrossEntropy()), 0.5]]
-    loss = registry.make_loss("compound", **json.loads(json.dumps({"losses": members})))
+    loss = registry.make_loss("compound", json.loads(json.dumps({"losses": members})))
     x, y = batches["plain"]
     pred = np.full(tuple(y.shape), 0.5, "float32")
     want = keras_seglosses.Dice()(y, pred) + 0.5 * keras_seglosses.CrossEntropy()(y, pred)

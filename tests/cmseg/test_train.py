@@ -315,6 +315,33 @@ def test_finished_run_kept_refused_or_overwritten(data_dir, tmp_path, capsys):
     assert [r["epoch"] for r in _io.read_csv(os.path.join(run, tr.HISTORY))] == ["1"]
 
 
+@pytest.mark.parametrize("loss", ["wcel", "weighted_binary_crossentropy"])
+def test_class_weight_is_the_fold_ratio_under_every_name(data_dir, tmp_path, loss):
+    """[000, Eq. 1]: the weight is the background to foreground ratio of the
+    fold's training annotations, whichever name selects the loss; recorded
+    in config.json and compiled into the model."""
+    from cm_dataset import get_split, load
+
+    data = load(data_dir)
+    split = get_split(1, 1, data.n_bones, data.n_surgeons)
+    y = data.y[split.train_indices]
+    want = float((y == 0).sum() / (y == 1).sum())
+    run = str(tmp_path / "run")
+    tr.train(tiny(data_dir, loss=loss, epochs=1), run, log=lambda _: None)
+    assert _io.read_json(os.path.join(run, tr.CONFIG))["pos_weight"] == pytest.approx(want)
+    import keras_seglosses  # noqa: F401  (registered classes)
+    import models3d  # noqa: F401
+
+    model = keras.models.load_model(os.path.join(run, tr.MODEL))
+    assert model.loss.pos_weight == pytest.approx(want)
+    # an explicit --loss-config weight wins and is what the config records
+    run = str(tmp_path / "explicit")
+    tr.train(tiny(data_dir, loss=loss, epochs=1, loss_config={"pos_weight": 3.0}), run,
+             log=lambda _: None)
+    saved = _io.read_json(os.path.join(run, tr.CONFIG))
+    assert saved["pos_weight"] is None and saved["loss_config"] == {"pos_weight": 3.0}
+
+
 def test_bad_values_are_usage_errors(data_dir, tmp_path):
     with pytest.raises(tr.UsageError, match="Expected one of 1, 2, 3"):
         tr.train(tiny(data_dir, fold=4), str(tmp_path / "r"), log=lambda _: None)

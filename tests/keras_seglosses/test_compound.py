@@ -286,3 +286,79 @@ def test_one_compiled_fit_step_with_every_loss(rng, tmp_path):
         float(loaded.loss(y, loaded.predict(x, verbose=0))),
         float(model.loss(y, model.predict(x, verbose=0))), rtol=1e-5,
     )
+
+
+# --------------------------------------------------- one target, many readers
+def _rp_target(rng, shape=(2, 10, 12, 8, 1)):
+    y = np.zeros(shape, "float32")
+    y[0, 2:7, 3:9, 2:6] = 1.0
+    y[1, 4:9, 1:6, 3:8] = 1.0
+    m = np.where(y > 0, rng.choice([1.0, 0.5], shape), -1.0).astype("float32")
+    return y, m, rng.uniform(0.05, 0.95, shape).astype("float32")
+
+
+@pytest.mark.backends
+def test_rpdl_boundary_region_wise_on_one_packed_target(rng, jit):
+    """The compound of the issue: on `pack_targets(labels, M)` its value is
+    the sum of its members called alone (Boundary and RegionWise compute
+    their maps), compiled too; pointed at packed maps through a layout, the
+    same value."""
+    y, m, p = _rp_target(rng)
+    members = [ks.RewardPenaltyDice(), ks.Boundary(), ks.RegionWise()]
+    loss = ks.Compound([(members[0], 1.0), (members[1], 0.5), (members[2], 2.0)])
+    packed = ks.pack_targets(y, m)
+    alone = [float(keras.ops.convert_to_numpy(f(t, p)))
+             for f, t in zip(members, (packed, y, y))]
+    want = alone[0] + 0.5 * alone[1] + 2.0 * alone[2]
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(loss(packed, p))), want,
+                               rtol=1e-5)
+    compiled = jit(lambda t, q: loss.call(t, q))(packed, p)
+    np.testing.assert_allclose(float(np.mean(keras.ops.convert_to_numpy(compiled))), want,
+                               rtol=1e-5)
+    layout = ks.TargetLayout(("rpmap", "phi", "rrw"), slots={"rrw": 2})
+    pointed = ks.Compound([
+        (ks.RewardPenaltyDice(map_index=layout.index("rpmap")), 1.0),
+        (ks.Boundary(map_index=layout.index("phi")), 0.5),
+        (ks.RegionWise(map_index=layout.index("rrw")), 2.0),
+    ])
+    layout.check(pointed, 1)
+    full = layout.pack(y, rpmap=m, phi=np.asarray(ks.signed_distance_map(y)),
+                       rrw=np.asarray(ks.rrw_map(y)))
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(pointed(full, p))), want,
+                               rtol=1e-5)
+
+
+def test_members_reading_one_slot_as_different_maps_are_refused():
+    with pytest.raises(ValueError, match=r"RewardPenaltyDice\(name='reward_penalty_dice'\) "
+                                         r"and Boundary\(name='boundary'\) both read packed "
+                                         r"map slot 0, as 'rpmap' and 'phi'"):
+        ks.Compound([(ks.RewardPenaltyDice(), 1.0), (ks.Boundary(map_index=0), 1.0)])
+    # a sigmoid channel's region-wise map takes two slots: the clash appears
+    # once the channel count is known, at the first call
+    loss = ks.Compound([(ks.RegionWise(map_index=0), 1.0), (ks.Boundary(map_index=1), 1.0)])
+    y = np.zeros((1, 4, 4, 1), "float32")
+    with pytest.raises(ValueError, match="both read packed map slot 1, as 'rrw' and 'phi'"):
+        loss(ks.pack_targets(y, y, y), y)
+    # the same kind at the same slot is one map, read twice
+    ks.Compound([(ks.RewardPenaltyDice(), 1.0), (ks.RewardPenaltyDice(smooth=0.0), 1.0)])
+    with pytest.raises(ValueError, match="first channels of `y_true` as 'legacy'"):
+        ks.Compound([(ks.LegacyRewardPenaltyDice(), 1.0), (ks.Dice(), 1.0)])
+
+
+def test_fixed_compounds_are_compounds_with_one_from_logits(rng):
+    """DiceCE & co. are `Compound`s of fixed members; `from_logits` reaches
+    every member; their configs are the flat arguments (as saved by 0.1.0)."""
+    loss = ks.DiceHD(w_hd=0.5, smooth=0.0, hd_alpha=1.0, from_logits=True)
+    assert isinstance(loss, ks.Compound)
+    (dice, _), (hd, w) = loss.members
+    assert dice.from_logits and hd.from_logits and hd.alpha == 1.0 and w == 0.5
+    saved_by_0_1_0 = {  # a DiceHD config as the previous release wrote it
+        "name": "dice_hd", "reduction": "sum_over_batch_size", "w_dice": 1.0, "w_hd": 0.5,
+        "hd_alpha": 1.0, "smooth": 0.0, "squared": False, "batch": True,
+        "from_logits": True, "include_background": True, "map_index": 0, "spacing": None,
+    }
+    clone = ks.DiceHD.from_config(saved_by_0_1_0)
+    assert clone.members[1][0].map_index == 0
+    assert set(clone.get_config()) == set(saved_by_0_1_0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'w_ce'"):
+        ks.DiceHD(w_ce=1.0)

@@ -124,7 +124,7 @@ def test_unrectified_map_breaks_the_property(rng, autodiff):
     y[..., 2] = 1.0
     z = np.broadcast_to(np.array([12.0, 4.0, -3.0], "float32"), shape)
     logits = (2 * rng.normal(size=shape)).astype("float32")
-    loss = ks.RegionWise(from_logits=True)
+    loss = ks.RegionWise(map_index=0, from_logits=True)
     grad = autodiff(lambda phi: loss(ks.pack_targets(y, z), phi))(logits)
     assert np.any((grad < 0).sum(-1) == 2)
 

@@ -1,8 +1,15 @@
+"""Target packing and the slot contract (SPEC section 2): `pack_targets`,
+`TargetLayout`, and every public loss on one packed target."""
+
+import inspect
+
+import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from keras_seglosses import pack_targets, unpack_targets
+import keras_seglosses as ks
+from keras_seglosses import TargetLayout, map_reads, pack_targets, unpack_targets
 from keras_seglosses.targets import packed_or_computed, require_map_columns
 
 
@@ -60,7 +67,7 @@ def test_map_columns_are_the_flattened_channels(rng, batch):
     for k in range(2):
         np.testing.assert_array_equal(ops.convert_to_numpy(ys[k]), labels[..., k].reshape(lead))
         np.testing.assert_array_equal(ops.convert_to_numpy(ms[k]), m2[..., k].reshape(lead))
-    with pytest.raises(ValueError, match=r"`L` needs the second map.*at least 6 channels.*pack_targets"):
+    with pytest.raises(ValueError, match=r"`L` reads the second map at packed map slot 1.*at least 6 channels.*pack_targets"):
         require_map_columns(pack_targets(labels, m1), 2, 1, batch, "L", "second map")
 
 
@@ -69,14 +76,113 @@ def test_packed_or_computed_reads_the_slot_or_computes(rng):
     computed = np.full(y.shape, 7.0, "float32")
 
     def read(t, index, channels=None):
-        return ops.convert_to_numpy(packed_or_computed(t, 1, index, lambda: computed, channels))
+        return ops.convert_to_numpy(
+            packed_or_computed(t, 1, index, lambda: computed, "L", "map", channels=channels)
+        )
 
     packed = pack_targets(y, a, b)
     np.testing.assert_array_equal(read(packed, 0), a)
     np.testing.assert_array_equal(read(packed, 1), b)
-    np.testing.assert_array_equal(read(packed, 2), computed)  # no third map
+    np.testing.assert_array_equal(read(packed, None), computed)  # None: always computed
     # a two-channel map of one sigmoid channel spans two slots
     np.testing.assert_array_equal(read(packed, 0, 2), np.concatenate([a, b], -1))
-    np.testing.assert_array_equal(read(packed, 1, 2), computed)
+    # an explicit slot that is not there is an error, never a silent fallback
+    with pytest.raises(ValueError, match=r"`L` reads the map at packed map slot 2"):
+        read(packed, 2)
+    with pytest.raises(ValueError, match=r"slot 2 .*at least 4 channels"):
+        read(packed, 1, 2)
     with pytest.raises(ValueError, match="multiple of the 2 channel"):
-        packed_or_computed(packed, 2, 0, lambda: computed)
+        packed_or_computed(packed, 2, 0, lambda: computed, "L", "map")
+
+
+# ------------------------------------------------------------ TargetLayout
+def test_layout_names_the_slots(rng):
+    y = (rng.random((2, 4, 5, 1)) > 0.5).astype("float32")
+    m, phi = rng.normal(size=(2, 2, 4, 5, 1)).astype("float32")
+    rrw = rng.normal(size=(2, 4, 5, 2)).astype("float32")
+    layout = TargetLayout(("rpmap", "rrw", "phi"), slots={"rrw": 2})
+    assert [layout.index(k) for k in layout.kinds] == [0, 1, 3]
+    packed = layout.pack(y, phi=phi, rpmap=m, rrw=rrw)
+    np.testing.assert_array_equal(packed, np.concatenate([y, m, rrw, phi], -1))
+    labels, maps = layout.unpack(packed, 1)
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_array_equal(maps["rrw"], rrw)
+    np.testing.assert_array_equal(maps["phi"], phi)
+    with pytest.raises(ValueError, match=r"kind.*Expected one of \['rpmap', 'rrw', 'phi'\].*'mask'"):
+        layout.index("mask")
+    with pytest.raises(ValueError, match=r"Missing: \['phi'\]; unexpected: \['soft'\]"):
+        layout.pack(y, rpmap=m, rrw=rrw, soft=m)
+    with pytest.raises(ValueError, match=r"map 'rrw'.*Expected \(2, 4, 5, 2\)"):
+        layout.pack(y, rpmap=m, rrw=m, phi=phi)
+    with pytest.raises(ValueError, match="expected 4 map slot"):
+        layout.unpack(packed[..., :3], 1)
+    with pytest.raises(ValueError, match="distinct"):
+        TargetLayout(("phi", "phi"))
+
+
+def test_layout_of_a_loss_and_its_check():
+    loss = ks.Compound([
+        (ks.RewardPenaltyDice(), 1.0),
+        (ks.RegionWise(map_index=1), 1.0),
+        (ks.Boundary(map_index=3), 1.0),
+        (ks.HausdorffDT(), 1.0),  # computes its map: reads nothing
+    ])
+    layout = TargetLayout.for_reader(loss, n_classes=1)
+    assert layout == TargetLayout(("rpmap", "rrw", "phi"), slots={"rrw": 2})
+    layout.check(loss, 1)
+    with pytest.raises(ValueError, match=r"`Boundary`.*reads 'phi' at map slot 0.*'phi' is at slot 3"):
+        layout.check(ks.Boundary(map_index=0), 1)
+    assert TargetLayout.for_reader(ks.Dice()) == TargetLayout(())
+    with pytest.raises(ValueError, match="consecutive slots from 0"):
+        TargetLayout.for_reader(ks.Boundary(map_index=2))
+
+
+# ------------------------------------------------- every loss, one target
+def _maps(y):
+    """Each map kind a loss can be pointed at, from the labels (the maps'
+    own correctness is tested against scipy in their modules)."""
+    rw = {"rrw": ks.rrw_map, "rw_boundary": ks.boundary_map, "rw_ac": lambda t: ks.ac_map(t)}
+    makers = {"phi": ks.signed_distance_map, "distance": ks.boundary_distance,
+              "dpce": ks.dpce_penalty_map, **rw}
+    return {kind: np.asarray(ops.convert_to_numpy(f(y)), "float32") for kind, f in makers.items()}
+
+
+def _public_losses():
+    out = {}
+    for name in ks.losses.__all__:
+        cls = getattr(ks.losses, name)
+        if isinstance(cls, type) and issubclass(cls, keras.losses.Loss) and cls is not ks.Compound:
+            out[name] = cls
+    return out
+
+
+_REQUIRED = {
+    "WeightedCrossEntropy": {"class_weights": (1.0, 3.0)},
+    "RegionSpecificDice": {"grid": 4},
+    "AdaptiveRegionSpecificTversky": {"grid": 4},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_public_losses()))
+def test_every_loss_on_a_target_packed_with_an_rpmap_and_a_phi_map(name, rng):
+    """The contract of SPEC section 2: a loss reads a packed map only where
+    told. On `pack_targets(labels, M, phi)` every loss equals itself on plain
+    labels (RPDL: on `pack_targets(labels, M)`, the only map it needs), and
+    one pointed at a slot holding its map equals itself computing that map."""
+    cls = _public_losses()[name]
+    y = np.zeros((2, 12, 12, 12, 1), "float32")
+    y[0, 3:9, 2:8, 4:10] = 1.0
+    y[1, 5:11, 5:11, 1:6] = 1.0
+    p = rng.uniform(0.05, 0.95, y.shape).astype("float32")
+    m = np.where(y > 0, 1.0, rng.choice([-1.0, 0.5], y.shape)).astype("float32")
+    maps = _maps(y)
+    packed = pack_targets(y, m, maps["phi"])
+    loss = cls(**_REQUIRED.get(name, {}))
+    value = lambda l, t: float(ops.convert_to_numpy(l(t, p)))
+    alone = pack_targets(y, m) if map_reads(loss) else y
+    np.testing.assert_allclose(value(loss, packed), value(loss, alone), rtol=1e-5, atol=1e-6)
+    if "map_index" in inspect.signature(cls).parameters and not map_reads(loss):
+        pointed = cls(map_index=1, **_REQUIRED.get(name, {}))
+        (read,) = map_reads(pointed, 1)
+        target = pack_targets(y, m, *np.split(maps[read.kind], read.slots, axis=-1))
+        np.testing.assert_allclose(value(pointed, target), value(loss, y), rtol=1e-5, atol=1e-6)
