@@ -2,7 +2,7 @@
 
 import sys
 
-from cmseg.cli import main
+from cmseg._deps import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,10 @@ import sys
 import numpy as np
 
 from cmseg import _io, registry
+from cmseg._deps import require
 from cmseg._io import UsageError
+
+require("matplotlib", "cmseg evaluate draws training_curves.png and dice_boxplot.png with it")
 
 __all__ = [
     "METRICS",

@@ -320,8 +320,8 @@ def _check_map(y_true, n_classes, index, loss_name, map_name):
     if n_maps <= index:
         raise ValueError(
             f"`{loss_name}` reads the {map_name} at packed map slot {index} "
-            f"(`map_index`): expected `y_true` with at least "
-            f"{(index + 2) * n_classes} channels ({n_classes} label channel(s), "
+            f"(`map_index`): expected at least {(index + 2) * n_classes} "
+            f"channels in `y_true` ({n_classes} label channel(s), "
             f"then {n_classes} per map slot), received y_true.shape={tuple(shape)}. "
             "Build the target with `keras_seglosses.pack_targets(labels, *maps)` "
             "or `keras_seglosses.TargetLayout(...).pack(labels, ...)`."

@@ -211,7 +211,7 @@ class Member(collections.namedtuple("Member", ("loss", "weight", "arguments"))):
 
 _DICE_ARGUMENTS = {
     "smooth": "smooth", "squared": "squared", "batch": "batch",
-    "include_background": "include_background",
+    "include_background": "include_background", "soft_label": "soft_label",
 }
 
 
@@ -293,8 +293,8 @@ class DiceCE(_FixedCompound):
     Args:
         w_dice: float >= 0. Defaults to `1.0`.
         w_ce: float >= 0. Defaults to `1.0`.
-        smooth, squared, batch, include_background: the `Dice` arguments
-            (defaults `1.0`, `False`, `True`, `True`).
+        smooth, squared, batch, include_background, soft_label: the `Dice`
+            arguments (defaults `1.0`, `False`, `True`, `True`, `False`).
         from_logits: bool, for both terms. Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
@@ -324,8 +324,8 @@ class DiceFocal(_FixedCompound):
     Args:
         w_dice: float >= 0. Defaults to `1.0`.
         w_focal: float >= 0. Defaults to `1.0`.
-        smooth, squared, batch, include_background: the `Dice` arguments
-            (defaults `1.0`, `False`, `True`, `True`).
+        smooth, squared, batch, include_background, soft_label: the `Dice`
+            arguments (defaults `1.0`, `False`, `True`, `True`, `False`).
         gamma: float >= 0, the focal exponent. Defaults to `2.0`.
         alpha: the `Focal` class weights. Defaults to `None`.
         from_logits: bool, for both terms. Defaults to `False`.
@@ -360,8 +360,8 @@ class DiceTopK(_FixedCompound):
     Args:
         w_dice: float >= 0. Defaults to `1.0`.
         w_topk: float >= 0. Defaults to `1.0`.
-        smooth, squared, batch, include_background: the `Dice` arguments
-            (defaults `1.0`, `False`, `True`, `True`).
+        smooth, squared, batch, include_background, soft_label: the `Dice`
+            arguments (defaults `1.0`, `False`, `True`, `True`, `False`).
         k: percentage of the worst voxels kept. Defaults to `10`.
         from_logits: bool, for both terms. Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
@@ -397,8 +397,8 @@ class DiceBoundary(_FixedCompound):
 
     Args:
         alpha: float in [0, 1], the initial Dice weight. Defaults to `1.0`.
-        smooth, squared, batch, include_background: the `Dice` arguments
-            (defaults `1.0`, `False`, `True`, `True`).
+        smooth, squared, batch, include_background, soft_label: the `Dice`
+            arguments (defaults `1.0`, `False`, `True`, `True`, `False`).
         map_index, spacing: the `Boundary` arguments. Default to `None`
             (phi computed from the labels), `None`.
         from_logits: bool, for both terms. Defaults to `False`.
@@ -451,8 +451,8 @@ class DiceHD(_FixedCompound):
     Args:
         w_dice: float >= 0. Defaults to `1.0`.
         w_hd: float >= 0. Defaults to `1.0`.
-        smooth, squared, batch, include_background: the `Dice` arguments
-            (defaults `1.0`, `False`, `True`, `True`).
+        smooth, squared, batch, include_background, soft_label: the `Dice`
+            arguments (defaults `1.0`, `False`, `True`, `True`, `False`).
         hd_alpha: float > 0, the `HausdorffDT` distance exponent. Defaults
             to `2.0`.
         map_index, spacing: the `HausdorffDT` arguments. Default to `None`

@@ -44,10 +44,22 @@ __all__ = [
 ]
 
 
-def _overlaps(y_true, y_pred, from_logits, batch, name):
-    """`(tp, sum g, sum s, s)`: per-class soft overlaps, `(batch, C)` or `(C,)`."""
+def _overlaps(y_true, y_pred, from_logits, batch, name, soft_label=False):
+    """`(tp, sum g, sum s, s)`: per-class soft overlaps, `(batch, C)` or `(C,)`.
+
+    With `soft_label`, `tp = (|g|_1 + |s|_1 - |g - s|_1) / 2` (MONAI's
+    `soft_label=True`, after Wang and Blaschko's JDT losses): equal to
+    `sum g s` for binary g, and for soft g it makes `s = g` the minimum of
+    every loss built on it, which `sum g s` does not (it prefers s = 1
+    wherever g > 0.5).
+    """
     _, g, s = prepare(y_true, y_pred, from_logits, name)
-    return region_sum(g * s, batch), region_sum(g, batch), region_sum(s, batch), s
+    sg, ss = region_sum(g, batch), region_sum(s, batch)
+    if soft_label:
+        tp = 0.5 * (sg + ss - region_sum(ops.abs(g - s), batch))
+    else:
+        tp = region_sum(g * s, batch)
+    return tp, sg, ss, s
 
 
 def _select_classes(values, include_background):
@@ -76,7 +88,10 @@ def sensitivity_specificity(
     return per_sample(w * fg + (1.0 - w) * bg, s, batch, include_background)
 
 
-def iou(y_true, y_pred, *, smooth=1.0, batch=False, from_logits=False, include_background=True):
+def iou(
+    y_true, y_pred, *, smooth=1.0, batch=False, from_logits=False, include_background=True,
+    soft_label=False,
+):
     """Per-sample soft IoU (Jaccard) loss [004, Eq. 10].
 
     `1 - (sum g s + e) / (sum (g + s - g s) + e)` per class; the mean over
@@ -85,14 +100,16 @@ def iou(y_true, y_pred, *, smooth=1.0, batch=False, from_logits=False, include_b
     Returns:
         Tensor of shape `(batch,)`.
     """
-    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "IoU")
+    tp, sg, ss, s = _overlaps(
+        y_true, y_pred, from_logits, batch, "IoU", soft_label
+    )
     loss = 1.0 - (tp + smooth) / (sg + ss - tp + smooth)
     return per_sample(loss, s, batch, include_background)
 
 
 def tversky(
     y_true, y_pred, *, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
-    include_background=True,
+    include_background=True, soft_label=False,
 ):
     """Per-sample Tversky loss [004, Eq. 14].
 
@@ -103,7 +120,9 @@ def tversky(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "Tversky")
+    tp, sg, ss, s = _overlaps(
+        y_true, y_pred, from_logits, batch, "Tversky", soft_label
+    )
     loss = _tversky_per_class(tp, sg, ss, alpha, beta, smooth)
     return per_sample(loss, s, batch, include_background)
 
@@ -115,7 +134,7 @@ def _tversky_per_class(tp, sg, ss, alpha, beta, smooth):
 
 def focal_tversky(
     y_true, y_pred, *, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
-    from_logits=False, include_background=True,
+    from_logits=False, include_background=True, soft_label=False,
 ):
     """Per-sample focal Tversky loss [004, Eq. 16].
 
@@ -125,14 +144,16 @@ def focal_tversky(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "FocalTversky")
+    tp, sg, ss, s = _overlaps(
+        y_true, y_pred, from_logits, batch, "FocalTversky", soft_label
+    )
     loss = _safe_power(_tversky_per_class(tp, sg, ss, alpha, beta, smooth), gamma)
     return per_sample(loss, s, batch, include_background)
 
 
 def asymmetric_similarity(
     y_true, y_pred, *, beta=1.5, smooth=1.0, batch=False, from_logits=False,
-    include_background=True,
+    include_background=True, soft_label=False,
 ):
     """Per-sample asymmetric similarity loss [004, Eq. 17].
 
@@ -143,17 +164,19 @@ def asymmetric_similarity(
         Tensor of shape `(batch,)`.
     """
     b2 = beta * beta
-    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, "AsymmetricSimilarity")
+    tp, sg, ss, s = _overlaps(
+        y_true, y_pred, from_logits, batch, "AsymmetricSimilarity", soft_label
+    )
     loss = _tversky_per_class(tp, sg, ss, 1.0 / (1.0 + b2), b2 / (1.0 + b2), smooth)
     return per_sample(loss, s, batch, include_background)
 
 
 def _generalized_dice_coefficient(y_true, y_pred, smooth, batch, from_logits,
-                                  include_background, name):
+                                  include_background, name, soft_label):
     """`(GD, s)`: `(2 sum_c w_c TP_c + e) / (sum_c w_c (G_c + S_c) + e)`,
     `w_c = 1 / G_c^2`; an absent class (G_c = 0) gets the largest weight of
     the present ones, as MONAI does, instead of an infinite one."""
-    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, name)
+    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, name, soft_label)
     tp, sg, ss = (_select_classes(v, include_background) for v in (tp, sg, ss))
     present = sg > 0
     w = ops.where(present, 1.0 / ops.square(ops.where(present, sg, 1.0)), 0.0)
@@ -171,7 +194,8 @@ def _repeat(values, like, batch):
 
 
 def generalized_dice(
-    y_true, y_pred, *, smooth=1e-5, batch=False, from_logits=False, include_background=True
+    y_true, y_pred, *, smooth=1e-5, batch=False, from_logits=False, include_background=True,
+    soft_label=False
 ):
     """Per-sample generalized Dice loss [004, Eq. 15].
 
@@ -182,7 +206,8 @@ def generalized_dice(
         Tensor of shape `(batch,)`.
     """
     gd, s = _generalized_dice_coefficient(
-        y_true, y_pred, smooth, batch, from_logits, include_background, "GeneralizedDice"
+        y_true, y_pred, smooth, batch, from_logits, include_background, "GeneralizedDice",
+        soft_label,
     )
     return _repeat(1.0 - gd, s, batch)
 
@@ -190,6 +215,7 @@ def generalized_dice(
 def penalty_generalized_dice(
     y_true, y_pred, *, k=2.5, smooth=1e-5, batch=False, from_logits=False,
     include_background=True,
+    soft_label=False,
 ):
     """Per-sample penalty generalized Dice loss [004, Eq. 18].
 
@@ -202,7 +228,7 @@ def penalty_generalized_dice(
     """
     gd, s = _generalized_dice_coefficient(
         y_true, y_pred, smooth, batch, from_logits, include_background,
-        "PenaltyGeneralizedDice",
+        "PenaltyGeneralizedDice", soft_label,
     )
     return _repeat(1.0 - gd / (1.0 + k * (1.0 - gd)), s, batch)
 
@@ -340,6 +366,11 @@ class IoU(_RegionLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        soft_label: bool; targets in [0, 1] (a mean of annotations): the
+            overlap from L1 norms, `(|g| + |s| - |g - s|) / 2`, so that a
+            prediction equal to the target is the minimum (MONAI's
+            `soft_label`). Identical to the default for binary targets.
+            Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -356,12 +387,13 @@ class IoU(_RegionLoss):
     """
 
     def __init__(self, smooth=1.0, batch=False, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size", name="iou",
-                 dtype=None):
+                 include_background=True, soft_label=False,
+                 reduction="sum_over_batch_size", name="iou", dtype=None):
         super().__init__(
             iou, smooth, batch, from_logits, include_background, reduction,
-            name, dtype,
+            name, dtype, soft_label=bool(soft_label),
         )
+
 
 @register
 class Lovasz(SegLoss):
@@ -424,6 +456,11 @@ class Tversky(_RegionLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        soft_label: bool; targets in [0, 1] (a mean of annotations): the
+            overlap from L1 norms, `(|g| + |s| - |g - s|) / 2`, so that a
+            prediction equal to the target is the minimum (MONAI's
+            `soft_label`). Identical to the default for binary targets.
+            Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -440,11 +477,11 @@ class Tversky(_RegionLoss):
     """
 
     def __init__(self, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size",
+                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
                  name="tversky", dtype=None):
         super().__init__(
             tversky, smooth, batch, from_logits, include_background, reduction,
-            name, dtype,
+            name, dtype, soft_label=bool(soft_label),
             alpha=float(check_number("alpha", alpha, low=0)),
             beta=float(check_number("beta", beta, low=0)),
         )
@@ -469,6 +506,11 @@ class FocalTversky(_RegionLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        soft_label: bool; targets in [0, 1] (a mean of annotations): the
+            overlap from L1 norms, `(|g| + |s| - |g - s|) / 2`, so that a
+            prediction equal to the target is the minimum (MONAI's
+            `soft_label`). Identical to the default for binary targets.
+            Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -485,11 +527,11 @@ class FocalTversky(_RegionLoss):
     """
 
     def __init__(self, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
-                 from_logits=False, include_background=True,
+                 from_logits=False, include_background=True, soft_label=False,
                  reduction="sum_over_batch_size", name="focal_tversky", dtype=None):
         super().__init__(
             focal_tversky, smooth, batch, from_logits, include_background, reduction,
-            name, dtype,
+            name, dtype, soft_label=bool(soft_label),
             alpha=float(check_number("alpha", alpha, low=0)),
             beta=float(check_number("beta", beta, low=0)),
             gamma=float(check_number("gamma", gamma, low=0, low_open=True)),
@@ -513,6 +555,11 @@ class AsymmetricSimilarity(_RegionLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        soft_label: bool; targets in [0, 1] (a mean of annotations): the
+            overlap from L1 norms, `(|g| + |s| - |g - s|) / 2`, so that a
+            prediction equal to the target is the minimum (MONAI's
+            `soft_label`). Identical to the default for binary targets.
+            Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -529,11 +576,11 @@ class AsymmetricSimilarity(_RegionLoss):
     """
 
     def __init__(self, beta=1.5, smooth=1.0, batch=False, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size",
+                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
                  name="asymmetric_similarity", dtype=None):
         super().__init__(
             asymmetric_similarity, smooth, batch, from_logits, include_background, reduction,
-            name, dtype,
+            name, dtype, soft_label=bool(soft_label),
             beta=float(check_number("beta", beta, low=0, low_open=True)),
         )
 
@@ -556,6 +603,11 @@ class GeneralizedDice(_RegionLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        soft_label: bool; targets in [0, 1] (a mean of annotations): the
+            overlap from L1 norms, `(|g| + |s| - |g - s|) / 2`, so that a
+            prediction equal to the target is the minimum (MONAI's
+            `soft_label`). Identical to the default for binary targets.
+            Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -572,12 +624,13 @@ class GeneralizedDice(_RegionLoss):
     """
 
     def __init__(self, smooth=1e-5, batch=False, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size",
+                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
                  name="generalized_dice", dtype=None):
         super().__init__(
             generalized_dice, smooth, batch, from_logits, include_background, reduction,
-            name, dtype,
+            name, dtype, soft_label=bool(soft_label),
         )
+
 
 @register
 class PenaltyGeneralizedDice(_RegionLoss):
@@ -598,6 +651,11 @@ class PenaltyGeneralizedDice(_RegionLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        soft_label: bool; targets in [0, 1] (a mean of annotations): the
+            overlap from L1 norms, `(|g| + |s| - |g - s|) / 2`, so that a
+            prediction equal to the target is the minimum (MONAI's
+            `soft_label`). Identical to the default for binary targets.
+            Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -614,11 +672,11 @@ class PenaltyGeneralizedDice(_RegionLoss):
     """
 
     def __init__(self, k=2.5, smooth=1e-5, batch=False, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size",
+                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
                  name="penalty_generalized_dice", dtype=None):
         super().__init__(
             penalty_generalized_dice, smooth, batch, from_logits, include_background, reduction,
-            name, dtype,
+            name, dtype, soft_label=bool(soft_label),
             k=float(check_number("k", k, low=0)),
         )
 

@@ -86,12 +86,14 @@ def dice(
     batch=True,
     from_logits=False,
     include_background=True,
+    soft_label=False,
 ):
     """Per-sample Dice loss [000, Eq. 2; 004, Eq. 8-9].
 
     `1 - (2 sum y P + s) / (sum y + sum P + s)` per class, squared
     denominators (`sum y^2 + sum P^2`) when `squared=True`, sums over the whole
-    mini-batch when `batch=True`; the mean over classes.
+    mini-batch when `batch=True`; the mean over classes. With `soft_label`
+    the overlap is `(sum y + sum P - sum |y - P|) / 2` (see `Dice`).
 
     Returns:
         Tensor of shape `(batch,)`.
@@ -99,7 +101,13 @@ def dice(
     y_true, _, p = prepare(y_true, y_pred, from_logits, "Dice")
     c = p.shape[-1]
     cols = (voxel_columns(y_true, batch)[:c], voxel_columns(p, batch))
-    overlap = _class_sums(cols, voxel_dot)
+    if soft_label and not squared:
+        # for binary y this is sum y P; for soft y it makes P = y the minimum
+        overlap = _class_sums(
+            cols, lambda y, q: 0.5 * (ops.sum(y, -1) + ops.sum(q, -1) - ops.sum(ops.abs(y - q), -1))
+        )
+    else:
+        overlap = _class_sums(cols, voxel_dot)
     if squared:
         total = _class_sums(cols, lambda y, q: voxel_dot(y, y) + voxel_dot(q, q))
     else:
@@ -239,6 +247,13 @@ class Dice(SegLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1 channel 0 is left out
             of the mean. Defaults to `True`.
+        soft_label: bool; targets in [0, 1] (a mean of annotations): the
+            overlap from L1 norms, `(sum y + sum P - sum |y - P|) / 2`
+            (MONAI's `DiceLoss(soft_label=True)`), so that `P = y` is the
+            minimum; with `sum y P` a soft target is best matched by `P = 1`
+            wherever `y > 0.5`. Identical for binary targets; the squared
+            form needs no change (its minimum is already `P = y`). Defaults
+            to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`. With
@@ -262,6 +277,7 @@ class Dice(SegLoss):
         batch=True,
         from_logits=False,
         include_background=True,
+        soft_label=False,
         reduction="sum_over_batch_size",
         name="dice",
         dtype=None,
@@ -276,6 +292,7 @@ class Dice(SegLoss):
             batch=bool(batch),
             from_logits=bool(from_logits),
             include_background=bool(include_background),
+            soft_label=bool(soft_label),
         )
 
 

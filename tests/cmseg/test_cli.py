@@ -129,5 +129,5 @@ def test_help_and_console_script(capsys):
     assert cli.main([]) == 2
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
-    assert "cmseg = cmseg.cli:main" in cfg["options.entry_points"]["console_scripts"]
+    assert "cmseg = cmseg._deps:main" in cfg["options.entry_points"]["console_scripts"]
     assert os.path.isfile(os.path.join(ROOT, "cmseg", "__main__.py"))

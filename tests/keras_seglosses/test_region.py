@@ -329,3 +329,65 @@ def test_config_round_trip(loss, rng):
 def test_bad_hyperparameters_raise(make_loss, match):
     with pytest.raises(ValueError, match=match):
         make_loss()
+
+
+# ------------------------------------------------------------- soft labels
+def _soft_case(rng, shape=(2, 9, 10, 1)):
+    """A soft target (the mean of 4 random annotations) and a prediction."""
+    annotations = rng.random((4,) + shape) > rng.uniform(0.3, 0.7, (4, 1, 1, 1, 1))
+    return annotations.mean(0).astype("float32"), rng.uniform(0.02, 0.98, shape).astype("float32")
+
+
+SOFT_LOSSES = {
+    "dice": lambda **kw: ks.Dice(smooth=1e-3, **kw),
+    "iou": lambda **kw: ks.IoU(smooth=1e-3, **kw),
+    "tversky": lambda **kw: ks.Tversky(alpha=0.4, beta=0.6, smooth=1e-3, **kw),
+    "focal_tversky": lambda **kw: ks.FocalTversky(smooth=1e-3, **kw),
+    "asymmetric_similarity": lambda **kw: ks.AsymmetricSimilarity(smooth=1e-3, **kw),
+    "generalized_dice": lambda **kw: ks.GeneralizedDice(**kw),
+    "penalty_generalized_dice": lambda **kw: ks.PenaltyGeneralizedDice(**kw),
+    "dice_ce": lambda **kw: ks.DiceCE(smooth=1e-3, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOFT_LOSSES))
+def test_soft_label_makes_the_soft_target_the_minimum(name, rng):
+    """With `soft_label=True` a prediction equal to the soft target scores
+    lower than any perturbation of it; the default overlap `sum g s`
+    prefers a sharper prediction. Binary targets: both forms agree."""
+    y, p = _soft_case(rng)
+    loss = SOFT_LOSSES[name](soft_label=True)
+    at_target = float(loss(y, y))
+    for step in (0.05, -0.05):
+        moved = np.clip(y + step * np.sign(y - 0.5 + 1e-3), 0.0, 1.0)
+        assert float(loss(y, moved)) > at_target
+    assert float(loss(y, rng.uniform(0, 1, y.shape).astype("float32"))) > at_target
+    if name in ("dice", "iou"):  # the default form is not minimized at y
+        sharp = (y > 0.5).astype("float32")
+        plain = SOFT_LOSSES[name]()
+        assert float(plain(y, sharp)) < float(plain(y, y))
+    binary = (y > 0.5).astype("float32")
+    np.testing.assert_allclose(float(loss(binary, p)), float(SOFT_LOSSES[name]()(binary, p)),
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings(MONAI_SINGLE_CHANNEL)
+@pytest.mark.parametrize("batch", [False, True])
+def test_soft_label_agrees_with_monai(batch, rng):
+    from monai.losses import DiceLoss, GeneralizedDiceLoss, TverskyLoss
+
+    y, p = _soft_case(rng)
+    pairs = [
+        (ks.Dice(smooth=1e-3, batch=batch, soft_label=True),
+         DiceLoss(batch=batch, smooth_nr=1e-3, smooth_dr=1e-3, soft_label=True)),
+        (ks.IoU(smooth=1e-3, batch=batch, soft_label=True),
+         DiceLoss(batch=batch, jaccard=True, smooth_nr=1e-3, smooth_dr=1e-3, soft_label=True)),
+        (ks.Tversky(alpha=0.3, beta=0.7, smooth=1e-3, batch=batch, soft_label=True),
+         TverskyLoss(alpha=0.3, beta=0.7, batch=batch, smooth_nr=1e-3, smooth_dr=1e-3,
+                     soft_label=True)),
+        (ks.GeneralizedDice(smooth=1e-5, batch=batch, soft_label=True),
+         GeneralizedDiceLoss(batch=batch, w_type="square", soft_label=True)),
+    ]
+    for ours, theirs in pairs:
+        np.testing.assert_allclose(float(ours(y, p)), float(theirs(*_monai_inputs(y, p))),
+                                   rtol=1e-5, err_msg=type(ours).__name__)
