@@ -6,8 +6,9 @@ TensorFlow is imported on the first call of `make_dataset`, so `import
 cm_dataset` stays light.
 """
 
-from cm_dataset import augment, pipeline, splits, synthetic
+from cm_dataset import augment, encoding, pipeline, splits, synthetic
 from cm_dataset.data import LABELS, N_LABELS, CMData, file_names, load
+from cm_dataset.encoding import INPUT_ENCODINGS, encode_input, input_table
 from cm_dataset.pipeline import make_arrays, make_dataset
 from cm_dataset.splits import Split, get_split, leave_one_bone_out, leave_one_surgeon_out
 from cm_dataset.synthetic import calibration, generate
@@ -18,6 +19,9 @@ __all__ = [
     "file_names",
     "LABELS",
     "N_LABELS",
+    "INPUT_ENCODINGS",
+    "encode_input",
+    "input_table",
     "generate",
     "calibration",
     "Split",
@@ -27,6 +31,7 @@ __all__ = [
     "make_dataset",
     "make_arrays",
     "augment",
+    "encoding",
     "pipeline",
     "splits",
     "synthetic",

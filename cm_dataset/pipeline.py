@@ -12,10 +12,26 @@ and pair, 84 MiB for an Experiment-1 fold at 64^3); the 8 reversals are
 applied on the fly. Nothing is materialized per augmentation variant.
 """
 
+import importlib.util
+import os
+
 import numpy as np
+
+# tf.data is this pipeline's engine on every Keras backend: name the extra
+# that brings TensorFlow now, not a bare ModuleNotFoundError mid-training.
+if importlib.util.find_spec("tensorflow") is None:
+    _extra = os.environ.get("KERAS_BACKEND", "tensorflow")
+    _extra = _extra if _extra in ("tensorflow", "jax", "torch") else "tensorflow"
+    raise ModuleNotFoundError(
+        "No module named 'tensorflow' (cm_dataset's pipeline runs on tf.data with every "
+        f'Keras backend). Install it with: pip install "keras-seglosses[{_extra}]" '
+        "(every backend extra brings it)",
+        name="tensorflow",
+    )
 
 from cm_dataset import augment as aug
 from cm_dataset.data import N_LABELS, CMData
+from cm_dataset.encoding import INPUT_ENCODINGS, encode_input, input_table
 from cm_dataset.splits import get_split
 from keras_seglosses.rpmap import legacy_reward_penalty_targets, reward_penalty_map
 from keras_seglosses.targets import pack_targets
@@ -23,7 +39,6 @@ from keras_seglosses.targets import pack_targets
 __all__ = ["make_dataset", "make_arrays", "TARGETS", "INPUT_ENCODINGS", "SUBSETS"]
 
 TARGETS = ("rpdl", "plain", "legacy")
-INPUT_ENCODINGS = ("scaled", "onehot")
 SUBSETS = ("train", "val", "test")
 
 
@@ -120,11 +135,7 @@ def make_arrays(
     _choice(input_encoding, INPUT_ENCODINGS, "input_encoding")
     pairs, map_surgeons = _subset(data, experiment, fold, subset, validation_fraction)
     idx = [data.index(b, s) for b, s in pairs]
-    x = data.x[idx]
-    if input_encoding == "scaled":
-        x = (x.astype(np.float32) / np.float32(6.5) - np.float32(1.0))[..., None]
-    else:
-        x = np.eye(N_LABELS, dtype=np.float32)[x]
+    x = encode_input(data.x[idx], input_encoding)
     y = data.y[idx].astype(np.float32)[..., None]
     if targets == "plain":
         return x, y
@@ -251,7 +262,7 @@ def make_dataset(
     del packed, by_permutation
     tables_t = tf.constant(tables)
     flips_t = tf.constant(np.array(aug.FLIPS, bool))  # symmetry k flips as FLIPS[k % 8]
-    x_table = tf.constant(_x_table(input_encoding))
+    x_table = tf.constant(input_table(input_encoding))
 
     def load(i, k):
         return packed_t[k // 8, i], tf.gather(flips_t, k % 8), tf.gather(tables_t, i)
@@ -320,13 +331,6 @@ def _decoder():
 
         _DECODE.append(decode)
     return _DECODE[0]
-
-
-def _x_table(input_encoding):
-    """Encoded input of each label, `(14, channels)` float32."""
-    if input_encoding == "scaled":
-        return (np.arange(N_LABELS, dtype=np.float32) / np.float32(6.5) - np.float32(1.0))[:, None]
-    return np.eye(N_LABELS, dtype=np.float32)
 
 
 def _pack(data, pairs, map_surgeons, targets):

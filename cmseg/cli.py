@@ -84,6 +84,7 @@ _TRAIN_OPTIONS = (
     ("--augment", "augment"),
     ("--input-encoding", "input_encoding"),
     ("--distribute", "distribute"),
+    ("--deterministic", "deterministic"),
     ("--overwrite", "overwrite"),
 )
 
@@ -128,6 +129,10 @@ def _add_train_options(p, epochs=200, steps=None):
     p.add_argument("--distribute", action="store_true",
                    help="data-parallel on every local device (JAX: DataParallel; "
                    "TensorFlow: MirroredStrategy)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-reproducible across processes: seeded generators, "
+                   "TensorFlow op determinism, torch deterministic algorithms "
+                   "(slower; see the README)")
     p.add_argument("--overwrite", action="store_true",
                    help="retrain even if RUNDIR holds a finished run")
 
@@ -169,6 +174,10 @@ def build_parser():
                    help="run directories, or directories of runs")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="Default: %(default)s")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
+                   help="columns: dice rpd hd95 nsd (per prediction and annotation) and "
+                   "ged hungarian_iou qubiq consensus_dice (per input, against all its "
+                   "annotations). Default: all")
 
     p = sub.add_parser("predict", help="predict the surgical region of new bones")
     p.add_argument("--model", required=True, help="a .keras model or an original .h5 file")
@@ -251,6 +260,7 @@ def _train_config(args, fold):
         validation_steps=args.validation_steps, seed=args.seed, base_filters=args.base_filters,
         depth=args.depth, dropout=args.dropout, augment=args.augment,
         input_encoding=args.input_encoding, distribute=args.distribute,
+        deterministic=args.deterministic,
     )
 
 
@@ -288,7 +298,7 @@ def _cmd_evaluate(args, parser):
     for path in [args.data, *args.runs]:
         if not os.path.isdir(path):
             parser.error(f"{path}: no such directory")
-    evaluate(args.data, args.runs, args.out, batch_size=args.batch_size)
+    evaluate(args.data, args.runs, args.out, batch_size=args.batch_size, metrics=args.metrics)
     return 0
 
 

@@ -42,17 +42,55 @@ __all__ = [
     "find_runs",
 ]
 
-#: Metric key -> table title.
-METRICS = {"dice": "Dice", "rpd": "RPD", "hd95": "HD95", "nsd": "NSD"}
+#: Metric key -> table title. The first four score one (prediction,
+#: annotation) pair; the rest score one prediction against its input's
+#: whole set of annotations (`INPUT_METRICS`, one case per input).
+METRICS = {"dice": "Dice", "rpd": "RPD", "hd95": "HD95", "nsd": "NSD",
+           "ged": "GED (d = 1 - IoU)", "hungarian_iou": "Hungarian-matched IoU",
+           "qubiq": "QUBIQ score", "consensus_dice": "Dice against the STAPLE consensus"}
+INPUT_METRICS = ("ged", "hungarian_iou", "qubiq", "consensus_dice")
 BASELINE = ("surgeons", "baseline")
 
 
+_INPUT_FUNCTIONS = {
+    "ged": "generalized_energy_distance", "hungarian_iou": "hungarian_iou",
+    "qubiq": "qubiq_score", "consensus_dice": "consensus_dice",
+}
+
+
 def available_metrics():
-    """The metrics this installation computes: Dice and RPD always, HD95 and
-    NSD when `keras_seglosses.metrics.functional` provides them."""
+    """The metrics this installation computes: Dice and RPD always, the
+    others when `keras_seglosses.metrics.functional` provides them."""
     from keras_seglosses.metrics import functional
 
-    return [m for m in METRICS if m in ("dice", "rpd") or hasattr(functional, m)]
+    return [m for m in METRICS if m in ("dice", "rpd")
+            or hasattr(functional, _INPUT_FUNCTIONS.get(m, m))]
+
+
+def input_scores(prediction, annotations, metrics):
+    """Score one prediction against the whole set of its input's
+    annotations, for the metrics of `INPUT_METRICS` in `metrics`.
+
+    The model's single prediction is one sample: GED and Hungarian IoU take
+    it binarized at 0.5 (`M = 1`), QUBIQ takes the probabilities, the
+    consensus Dice compares the binarized prediction with the STAPLE
+    consensus of the annotations at 0.5.
+
+    Returns:
+        dict metric -> float.
+    """
+    from keras_seglosses.metrics import functional
+
+    prediction = np.asarray(prediction, np.float64)
+    annotations = np.asarray(annotations, np.float64)
+    sample = (prediction > 0.5)[None].astype(np.float64)
+    compute = {
+        "ged": lambda: functional.generalized_energy_distance(annotations, sample),
+        "hungarian_iou": lambda: functional.hungarian_iou(annotations, sample),
+        "qubiq": lambda: functional.qubiq_score(prediction, annotations),
+        "consensus_dice": lambda: functional.consensus_dice(sample[0], annotations),
+    }
+    return {m: float(compute[m]()) for m in metrics if m in INPUT_METRICS}
 
 
 def pair_scores(prediction, annotations, rpmap, metrics=None):
@@ -83,7 +121,7 @@ def pair_scores(prediction, annotations, rpmap, metrics=None):
     packed = pack_targets(labels, m)
     functions = {"dice": functional.dice, "rpd": functional.reward_penalty_dice}
     out = {}
-    for name in metrics:
+    for name in [m for m in metrics if m not in INPUT_METRICS]:
         fn = functions.get(name) or getattr(functional, name)
         y_true = packed if name == "rpd" else labels
         out[name] = np.asarray(ops.convert_to_numpy(fn(y_true, pred)), np.float64).reshape(k)
@@ -105,7 +143,9 @@ def fold_cases(data, experiment, fold, predictions, metrics=None, baseline=True)
 
     Returns:
         (cases, baseline_cases): lists of dicts with keys `fold`, `bone`,
-        `surgeon` (1-based), `row` and one key per metric.
+        `surgeon` (1-based), `row` and one key per pair metric; with input
+        metrics (`INPUT_METRICS`) also one dict per input, `surgeon` empty,
+        holding those.
     """
     from cm_dataset import get_split
     from keras_seglosses import reward_penalty_map
@@ -127,6 +167,11 @@ def fold_cases(data, experiment, fold, predictions, metrics=None, baseline=True)
             scored.append((y[bone, held_out], base))
         for pred, sink in scored:
             values = pair_scores(pred, ann, rpmap, metrics)
+            per_input = input_scores(pred, ann, metrics if metrics is not None
+                                     else available_metrics())
+            if per_input:
+                sink.append({"fold": fold, "bone": bone + 1, "surgeon": "", "row": row,
+                             **per_input})
             for i, s in enumerate(surgeons):
                 sink.append(
                     {
@@ -184,14 +229,17 @@ def summarize(cases, metrics):
         baseline = [c for c in mine if (c["model"], c["loss"]) == BASELINE]
         for metric in metrics:
             for col in columns:
-                group = [c for c in mine if (c["model"], c["loss"]) == col]
+                group = [c for c in mine if (c["model"], c["loss"]) == col and metric in c]
+                if not group:
+                    continue
                 rows = {}
                 for c in group:
                     rows.setdefault(c["row"], []).append(c[metric])
                 rows["Overall"] = [c[metric] for c in group]
                 if baseline:
                     folds = {c["fold"] for c in group}
-                    rows["Surgeon baseline"] = [c[metric] for c in baseline if c["fold"] in folds]
+                    rows["Surgeon baseline"] = [c[metric] for c in baseline
+                                                if c["fold"] in folds and metric in c]
                 for row in sorted(rows, key=_row_order):
                     values = np.asarray(rows[row], np.float64)
                     out.append(
@@ -375,7 +423,8 @@ def plot_boxes(cases, path, metric="dice"):
     for ax, exp in zip(axes[0], exps):
         mine = [c for c in cases if c["experiment"] == exp]
         cols = _column_order({(c["model"], c["loss"]) for c in mine})
-        data = [[c[metric] for c in mine if (c["model"], c["loss"]) == col] for col in cols]
+        data = [[c[metric] for c in mine if (c["model"], c["loss"]) == col and metric in c]
+                for col in cols]
         ax.boxplot(data)
         ax.set_xticks(range(1, len(cols) + 1), [f"{m}\n{lo}" for m, lo in cols], fontsize=7)
         ax.set_title(EXPERIMENT_TITLES.get(exp, exp), fontsize=9)
@@ -407,7 +456,12 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
         data = cm_dataset.load(data_dir)
     except ValueError as e:
         raise UsageError(f"--data {data_dir}: {e}") from None
-    metrics = available_metrics() if metrics is None else metrics
+    known = available_metrics()
+    metrics = known if metrics is None else list(metrics)
+    unknown = [m for m in metrics if m not in known]
+    if unknown or not metrics:
+        raise UsageError(f"Invalid value for --metrics. Expected names among "
+                         f"{', '.join(known)}. Received: {' '.join(metrics)}")
     runs = [(r, _read_run(r, data)) for r in find_runs(run_paths)]
     for rundir, _ in runs:
         if not run_is_finished(rundir):
@@ -440,6 +494,7 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
     _io.write_csv(os.path.join(out, "cases.csv"), cases)
     _io.write_text(os.path.join(out, "results.md"), text)
     plot_history(runs, os.path.join(out, "training_curves.png"))
-    plot_boxes(cases, os.path.join(out, "dice_boxplot.png"))
+    box_metric = "dice" if "dice" in metrics else metrics[0]
+    plot_boxes(cases, os.path.join(out, "dice_boxplot.png"), box_metric)
     log(text)
     return text

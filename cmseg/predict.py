@@ -13,7 +13,10 @@ import os
 import numpy as np
 
 from cmseg import _io
+from cmseg._deps import require
 from cmseg._io import UsageError
+
+require("matplotlib", "cmseg predict draws slices.png with it")
 
 __all__ = ["encode", "load_volumes", "load_model", "predict", "plot_slices"]
 
@@ -21,23 +24,23 @@ N_LABELS = 14
 
 
 def encode(x, encoding="scaled"):
-    """Network input from label volumes `(N, *spatial)`.
+    """Network input from label volumes `(N, *spatial)`, encoded as for
+    training (`cm_dataset.encode_input`, which see).
 
-    `"scaled"`: `x / 6.5 - 1` in one channel (labels 0..13 onto [-1, 1], the
-    original code's input); `"onehot"`: 14 channels.
+    Args:
+        x: integer labels 0..13, `(N, *spatial)`.
+        encoding: `"scaled"` (`x / 6.5 - 1`, one channel, the original
+            code's input) or `"onehot"` (14 channels). Defaults to
+            `"scaled"`.
 
     Returns:
         float32 array `(N, *spatial, 1 or 14)`.
     """
-    x = np.asarray(x)
-    if encoding == "scaled":
-        return (x.astype(np.float32) / 6.5 - 1.0)[..., None]
-    if encoding == "onehot":
-        return np.eye(N_LABELS, dtype=np.float32)[x.astype(np.int64)]
-    raise ValueError(
-        "Invalid value for argument `encoding`. Expected 'scaled' or 'onehot'. "
-        f"Received: encoding={encoding!r}"
-    )
+    # Imported here: `cm_dataset` brings Keras, which `cmseg` loads only
+    # for the commands that need it.
+    from cm_dataset.encoding import encode_input
+
+    return encode_input(x, encoding)
 
 
 def load_volumes(path):

@@ -94,6 +94,7 @@ class TrainConfig:
     augment: str | None = "random"
     input_encoding: str = "scaled"
     distribute: bool = False
+    deterministic: bool = False
     verbose: str = "auto"
 
     def to_json(self):
@@ -108,6 +109,28 @@ def cosine_learning_rate(lr, epoch, epochs):
     the first epoch, decaying along half a cosine towards 0 after the last
     (`lr * (1 + cos(pi * epoch / epochs)) / 2`)."""
     return float(lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)))
+
+
+def make_deterministic():
+    """Make this process's training bit-reproducible across processes.
+
+    Keras' generators are seeded by `keras.utils.set_random_seed` (always
+    done, with `--seed`). On top of that: TensorFlow's op determinism (the
+    `tf.data` pipeline runs on TensorFlow on every backend, and TensorFlow
+    training too), which also makes `tf.data` keep element order; torch's
+    deterministic algorithms. XLA on CPU (JAX) is deterministic for a fixed
+    program and thread count. Call it before building the model and data.
+    On a GPU some kernels (scatter-add, some convolution backward passes)
+    have no deterministic implementation: TensorFlow then raises rather
+    than differ, torch too.
+    """
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
 
 
 def run_is_finished(rundir):
@@ -458,6 +481,8 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
     # First: the pipeline's shuffles and draws depend on TensorFlow's global
     # seed as well as on their own.
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        make_deterministic()
     datasets = None
     if epoch < config.epochs and not (state and state.get("stop_training")):
         datasets = _datasets(data, config, targets, epoch)  # checks --batch-size

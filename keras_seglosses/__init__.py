@@ -4,7 +4,7 @@ Import this package before `keras.models.load_model` so that Keras finds the
 registered classes.
 """
 
-from keras_seglosses import callbacks, losses, metrics
+from keras_seglosses import callbacks, losses, metrics, multirater
 from keras_seglosses import ops as ops  # noqa: PLC0414  (the subpackage, not keras.ops)
 from keras_seglosses import reference
 from keras_seglosses.losses import *  # noqa: F401,F403  (losses at top level)
@@ -25,12 +25,13 @@ from keras_seglosses.targets import (
     unpack_targets,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "callbacks",
     "losses",
     "metrics",
+    "multirater",
     "ops",
     "reference",
     "pack_targets",

@@ -62,7 +62,7 @@ def _check_penalty(penalty):
         )
 
 
-def reward_penalty_map(annotations, penalty=-1.0, normalize=True):
+def reward_penalty_map(annotations, penalty=-1.0, normalize=True, *, rewards="count"):
     """Reward-penalty map of one input from its K binary annotations.
 
     `M = count / max(count)` where at least one annotation marks the voxel,
@@ -74,6 +74,18 @@ def reward_penalty_map(annotations, penalty=-1.0, normalize=True):
     1, so every voxel is `penalty` (with or without `normalize`); with K = 1
     the map is 1 inside the annotation and `penalty` outside.
 
+    `rewards="staple"` (our extension of the paper's "learning the RPMap",
+    not in the paper) replaces the raw count by `K W`, W the STAPLE
+    posterior foreground probability (`keras_seglosses.multirater.staple`
+    with its defaults): where the count treats every annotation alike, W
+    weighs each by its estimated sensitivity and specificity, so a voxel
+    marked only by a reliable rater earns more than one marked only by an
+    unreliable one. `K W` is the count a panel of K raters agreeing with
+    the consensus would give, so identical annotations give the same map
+    as `"count"`. Voxels no annotation marks still get the penalty; a
+    marked voxel whose posterior is 0 gets reward 0. Normalization divides
+    by `max(K W)` (1 when it is 0), as for counts.
+
     Args:
         annotations: array of shape `(K, *spatial)` with values 0/1 (or bool):
             the K experts' segmentations of the same input.
@@ -81,6 +93,9 @@ def reward_penalty_map(annotations, penalty=-1.0, normalize=True):
             normalization. Defaults to `-1.0` (the paper's choice).
         normalize: bool, divide the counts by their maximum. Defaults to
             `True`.
+        rewards: `"count"` (the paper: how many annotations mark the voxel)
+            or `"staple"` (K times the STAPLE posterior, see above).
+            Defaults to `"count"`.
 
     Returns:
         float32 numpy array of shape `spatial`.
@@ -93,19 +108,43 @@ def reward_penalty_map(annotations, penalty=-1.0, normalize=True):
     [1.0, 0.5, -1.0, -1.0]
     >>> reward_penalty_map(a, normalize=False).tolist()
     [2.0, 1.0, -2.0, -2.0]
+    >>> b = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]])
+    >>> reward_penalty_map(b, rewards="staple").round(3).tolist()
+    [1.0, 1.0, 1.0, 0.0, -1.0, -1.0]
 
     Reference:
         He et al., IJCNN 2020 [000, Eq. 3 and Fig. 2].
     """
     _check_penalty(penalty)
+    if rewards not in ("count", "staple"):
+        raise ValueError(
+            "Invalid value for argument `rewards`. Expected one of ['count', "
+            f"'staple']. Received: rewards={rewards!r}"
+        )
     a = _binary_stack(annotations)
     count = a.sum(axis=0, dtype=np.float32)
+    if rewards == "staple":
+        return _staple_map(a, count, penalty, normalize)
     top = max(float(count.max()), 1.0)
     if normalize:
         rewards, pen = count / top, penalty
     else:
         rewards, pen = count, penalty * top
     return np.where(count > 0, rewards, np.float32(pen)).astype(np.float32)
+
+
+def _staple_map(a, count, penalty, normalize):
+    # imported here: multirater imports this module's input checks
+    from keras_seglosses.multirater import staple
+
+    rewards = a.shape[0] * staple(a).probability
+    top = max(float(rewards[count > 0].max(initial=0.0)), 0.0)
+    top = top if top > 0 else 1.0
+    if normalize:
+        rewards, pen = rewards / top, penalty
+    else:
+        pen = penalty * top
+    return np.where(count > 0, rewards, pen).astype(np.float32)
 
 
 def reward_penalty_map_tensor(annotations, penalty=-1.0, normalize=True, axis=0):

@@ -5,12 +5,19 @@ The suite runs whole under KERAS_BACKEND=tensorflow; tests marked
 """
 
 import os
+import sys
 
 import keras
 import numpy as np
 import pytest
 
 BACKEND = keras.backend.backend()
+
+# Test modules share reference implementations through `tests/_references.py`;
+# under `--import-mode=importlib` pytest puts no test folder on `sys.path`.
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)
 
 
 def compile_fn(fn):

@@ -34,7 +34,7 @@ import numpy as np
 from keras import ops
 
 from keras_seglosses._core import check_choice, check_number
-from keras_seglosses.metrics.functional import binarize
+from keras_seglosses.metrics._common import binarize
 from keras_seglosses.ops.distance import _squared_distance, _surface_bool, check_spacing
 from keras_seglosses.ops.order import INF_BITS, search_bits
 

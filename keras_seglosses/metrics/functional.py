@@ -9,34 +9,27 @@ evaluation scripts use them directly.
 
 from keras import ops
 
-from keras_seglosses._core import region_sum, split_targets
+from keras_seglosses._core import check_map_index, region_sum
+from keras_seglosses.metrics._common import binarize, ratio_or_one
+from keras_seglosses.metrics._surface_functional import asd, hd95, nsd
 from keras_seglosses.targets import require_map
 
-__all__ = ["binarize", "dice", "reward_penalty_dice"]
-
-
-def binarize(y_true, y_pred, threshold=0.5, name="metric"):
-    """Validate shapes; return `(y_true, labels, P')` in float32 with
-    `P' = 1[y_pred > threshold]` (the paper's binarization at 0.5)."""
-    y_true, labels, y_pred = split_targets(y_true, y_pred, name)
-    pred = ops.cast(ops.cast(y_pred, "float32") > threshold, "float32")
-    return y_true, labels, pred
-
-
-def _ratio_or_one(numerator, denominator):
-    """`numerator / denominator`, and 1 where the denominator is 0 (both
-    masks empty: a perfect score)."""
-    safe = ops.where(denominator > 0, denominator, 1.0)
-    return ops.where(denominator > 0, numerator / safe, 1.0)
+__all__ = ["binarize", "dice", "reward_penalty_dice", "hd95", "nsd", "asd"]
 
 
 def dice(y_true, y_pred, threshold=0.5):
     """Dice coefficient per sample and channel [000, Eq. 5].
 
-    `Dice = 2 sum y P' / (sum y + sum P')`, 1 when both are empty.
+    `Dice = 2 sum y P' / (sum y + sum P')` with `P' = 1[P > threshold]`, 1
+    when both masks are empty.
+
+    Args:
+        y_true: labels `(batch, *spatial, C)`, possibly packed with maps.
+        y_pred: predictions of the same shape, binarized at `threshold`.
+        threshold: float in [0, 1]. Defaults to `0.5`.
 
     Returns:
-        Tensor of shape `(batch, C)`.
+        float32 tensor of shape `(batch, C)`.
 
     Example:
 
@@ -44,31 +37,61 @@ def dice(y_true, y_pred, threshold=0.5):
     >>> y = np.array([[[1.0], [1.0], [0.0]]]); p = np.array([[[0.9], [0.2], [0.1]]])
     >>> [round(float(v), 4) for v in np.asarray(dice(y, p))[0]]
     [0.6667]
+
+    Reference:
+        He et al., IJCNN 2020 [000, Eq. 5].
     """
     _, y, p = binarize(y_true, y_pred, threshold, "dice")
-    return _ratio_or_one(2.0 * region_sum(y * p, False), region_sum(y + p, False))
+    return ratio_or_one(2.0 * region_sum(y * p, False), region_sum(y + p, False))
 
 
-def reward_penalty_dice(y_true, y_pred, threshold=0.5):
+def reward_penalty_dice(y_true, y_pred, threshold=0.5, map_index=0):
     """Reward-penalty Dice coefficient (RPD) per sample and channel
     [000, Eq. 6].
 
-    `RPD = 2 sum y P' M / (sum y |M| + sum P' |M|)`, 1 when the denominator
-    is 0 (both masks empty). M is packed in `y_true` after the labels. RPD is
+    `RPD = 2 sum y P' M / (sum y |M| + sum P' |M|)` with `P' = 1[P >
+    threshold]` and M the reward-penalty map packed in `y_true` at slot
+    `map_index`; 1 when the denominator is 0 (both masks empty). RPD is
     invariant to scaling M.
 
+    Args:
+        y_true: packed target `(batch, *spatial, (2 + map_index) C)` at
+            least: the labels, then the maps (`pack_targets(labels, M)` puts
+            M at slot 0).
+        y_pred: predictions `(batch, *spatial, C)`, binarized at `threshold`.
+        threshold: float in [0, 1]. Defaults to `0.5`.
+        map_index: int >= 0, the packed slot of M. Defaults to `0`.
+
     Returns:
-        Tensor of shape `(batch, C)`.
+        float32 tensor of shape `(batch, C)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_seglosses import pack_targets
+    >>> y = np.array([[[1.0], [1.0], [0.0]]]); m = np.array([[[1.0], [0.5], [-1.0]]])
+    >>> other = np.zeros_like(y)
+    >>> p = np.array([[[0.9], [0.2], [0.7]]])
+    >>> round(float(reward_penalty_dice(pack_targets(y, other, m), p, map_index=1)[0, 0]), 4)
+    0.5714
+
+    Reference:
+        He et al., IJCNN 2020 [000, Eq. 6].
     """
+    map_index = check_map_index(map_index, allow_none=False)
     y_true, y, p = binarize(y_true, y_pred, threshold, "rpd")
-    m = require_map(y_true, p.shape[-1], 0, "RPD", "reward-penalty map")
-    return _ratio_or_one(
+    m = require_map(y_true, p.shape[-1], map_index, "RPD", "reward-penalty map")
+    return ratio_or_one(
         2.0 * region_sum(y * p * m, False), region_sum((y + p) * ops.abs(m), False)
     )
 
 
-# Surface metrics (HD95, NSD, ASD) live in their own module; imported last
-# because that module uses `binarize` from this one.
-from keras_seglosses.metrics._surface_functional import asd, hd95, nsd  # noqa: E402
+# Multi-annotator metrics (numpy in, numpy out; one input at a time).
+from keras_seglosses.metrics._multirater_functional import (  # noqa: E402
+    consensus_dice,
+    generalized_energy_distance,
+    hungarian_iou,
+    qubiq_score,
+)
 
-__all__ += ["hd95", "nsd", "asd"]
+__all__ += ["generalized_energy_distance", "hungarian_iou", "qubiq_score", "consensus_dice"]

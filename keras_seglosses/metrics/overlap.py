@@ -1,51 +1,27 @@
 """Keras metrics of the RPDL paper: Dice and RPD [000, Eq. 5-6]."""
 
-import keras
-from keras import ops
-
-from keras_seglosses._core import check_number, register_metric
+from keras_seglosses._core import check_map_index, check_number, register_metric
 from keras_seglosses.metrics import functional
+from keras_seglosses.metrics._common import SegMetric
+from keras_seglosses.targets import MapRead
 
 __all__ = ["Dice", "RPD"]
 
 
-def _channel_mean(fn):
-    def per_sample(y_true, y_pred, **kwargs):
-        return ops.mean(fn(y_true, y_pred, **kwargs), axis=-1)
-
-    per_sample.__name__ = fn.__name__
-    return per_sample
-
-
-_dice = _channel_mean(functional.dice)
-_rpd = _channel_mean(functional.reward_penalty_dice)
-
-
-class _ThresholdMetric(keras.metrics.MeanMetricWrapper):
-    """Mean over samples of a per-sample value computed on `y_pred > threshold`."""
-
-    _fn = None
-
-    def __init__(self, threshold=0.5, name=None, dtype=None):
-        check_number("threshold", threshold, low=0, high=1)
-        super().__init__(fn=type(self)._fn, name=name, dtype=dtype, threshold=threshold)
-        self.threshold = float(threshold)
-
-    def get_config(self):
-        return {"name": self.name, "dtype": self.dtype, "threshold": self.threshold}
-
-
 @register_metric
-class Dice(_ThresholdMetric):
+class Dice(SegMetric):
     """Dice coefficient of binarized predictions, mean over samples.
 
     `Dice = 2 sum y P' / (sum y + sum P')`, `P' = 1[P > threshold]`, averaged
     over channels, then over samples. A sample where both masks are empty
-    scores 1.
+    scores 1. Higher is better: Keras callbacks with `mode="auto"` maximize
+    it.
 
     Args:
         threshold: float in [0, 1]. Defaults to `0.5`.
-        name, dtype: as `keras.metrics.Metric`.
+        name: str, the metric's name. Defaults to `"dice"`.
+        dtype: the dtype of the result, as `keras.metrics.Metric`.
+            Defaults to `None`.
 
     Example:
 
@@ -59,23 +35,35 @@ class Dice(_ThresholdMetric):
         He et al., IJCNN 2020 [000, Eq. 5].
     """
 
-    _fn = staticmethod(_dice)
+    _direction = "up"
 
     def __init__(self, threshold=0.5, name="dice", dtype=None):
-        super().__init__(threshold=threshold, name=name, dtype=dtype)
+        super().__init__(
+            functional.dice,
+            name=name,
+            dtype=dtype,
+            threshold=float(check_number("threshold", threshold, low=0, high=1)),
+        )
 
 
 @register_metric
-class RPD(_ThresholdMetric):
+class RPD(SegMetric):
     """Reward-penalty Dice coefficient, mean over samples.
 
-    `RPD = 2 sum y P' M / (sum y |M| + sum P' |M|)` with the reward-penalty
-    map M packed in `y_true` (`pack_targets(labels, M)`); 1 when both masks
-    are empty.
+    `RPD = 2 sum y P' M / (sum y |M| + sum P' |M|)`, `P' = 1[P > threshold]`,
+    with the reward-penalty map M packed in `y_true` at slot `map_index`
+    (`pack_targets(labels, M)` puts it at slot 0); 1 when both masks are
+    empty. Higher is better: Keras callbacks with `mode="auto"` maximize it.
 
     Args:
         threshold: float in [0, 1]. Defaults to `0.5`.
-        name, dtype: as `keras.metrics.Metric`.
+        map_index: int >= 0, the packed slot of M. Defaults to `0`.
+        name: str, the metric's name. Defaults to `"rpd"`.
+        dtype: the dtype of the result, as `keras.metrics.Metric`.
+            Defaults to `None`.
+
+    Shapes: `y_pred` `(batch, *spatial, C)`; `y_true` `(batch, *spatial,
+    (2 + map_index) C)` at least (labels, then the maps).
 
     Example:
 
@@ -91,7 +79,26 @@ class RPD(_ThresholdMetric):
         He et al., IJCNN 2020 [000, Eq. 6].
     """
 
-    _fn = staticmethod(_rpd)
+    _direction = "up"
 
-    def __init__(self, threshold=0.5, name="rpd", dtype=None):
-        super().__init__(threshold=threshold, name=name, dtype=dtype)
+    def __init__(self, threshold=0.5, map_index=0, name="rpd", dtype=None):
+        super().__init__(
+            functional.reward_penalty_dice,
+            name=name,
+            dtype=dtype,
+            threshold=float(check_number("threshold", threshold, low=0, high=1)),
+            map_index=check_map_index(map_index, allow_none=False),
+        )
+
+    def map_reads(self, n_classes=None):
+        """The packed maps `update_state` reads.
+
+        Args:
+            n_classes: int or `None`, the channels of `y_pred` (M takes one
+                slot whatever it is). Defaults to `None`.
+
+        Returns:
+            Tuple of one `keras_seglosses.targets.MapRead`: kind `"rpmap"`
+            at slot `map_index`, one slot wide.
+        """
+        return (MapRead("rpmap", self.map_index, 1),)

@@ -1,51 +1,24 @@
 """Keras metrics HD95, NSD and ASD: mean over samples (and channels) of the
 functional forms in `keras_seglosses.metrics.functional`."""
 
-import keras
-from keras import ops
-
 from keras_seglosses._core import check_choice, check_number, register_metric
 from keras_seglosses.metrics import _surface_functional as sf
+from keras_seglosses.metrics._common import SegMetric
 from keras_seglosses.ops.distance import spacing_argument
 
 __all__ = ["HD95", "NSD", "ASD"]
 
 
-def _mean_over_channels(fn):
-    def per_sample(y_true, y_pred, **kwargs):
-        return ops.mean(fn(y_true, y_pred, **kwargs), axis=-1)
-
-    per_sample.__name__ = fn.__name__
-    return per_sample
-
-
-class _SurfaceMetric(keras.metrics.MeanMetricWrapper):
-    """Mean over samples of a per-sample surface metric; constructor
-    arguments are stored as attributes of the same name for `get_config`."""
-
-    _fn = None
-    _config_keys = ()
-
-    def __init__(self, name, dtype, **kwargs):
-        super().__init__(fn=_mean_over_channels(type(self)._fn), name=name, dtype=dtype, **kwargs)
-        for key in self._config_keys:
-            setattr(self, key, kwargs[key])
-
-    def get_config(self):
-        config = {"name": self.name, "dtype": self.dtype}
-        config.update({k: getattr(self, k) for k in self._config_keys})
-        return config
-
-
 @register_metric
-class HD95(_SurfaceMetric):
+class HD95(SegMetric):
     """Robust (95th percentile) Hausdorff distance, mean over samples.
 
     Conventions (see `keras_seglosses.metrics.functional.hd95`): `"max"`
     (MONAI), `"pooled"` (medpy), `"mean"` [003, Eq. 13], `"surfel"`
     (DeepMind's surface-distance). A sample where both masks are empty
     scores 0; where exactly one is empty, `empty_value`, by default the
-    physical diagonal of the volume (never NaN or inf).
+    physical diagonal of the volume (never NaN or inf). Lower is better:
+    Keras callbacks with `mode="auto"` minimize it.
 
     Args:
         spacing: physical voxel size, a number or one per spatial axis.
@@ -56,7 +29,9 @@ class HD95(_SurfaceMetric):
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
         empty_value: finite number >= 0, or `None` for the volume diagonal.
             Defaults to `None`.
-        name, dtype: as `keras.metrics.Metric`.
+        name: str, the metric's name. Defaults to `"hd95"`.
+        dtype: the dtype of the result, as `keras.metrics.Metric`.
+            Defaults to `None`.
 
     Example:
 
@@ -72,8 +47,7 @@ class HD95(_SurfaceMetric):
         Chen et al., TPAMI 2023 [003, Eq. 13].
     """
 
-    _fn = staticmethod(sf.hd95)
-    _config_keys = ("spacing", "percentile", "convention", "threshold", "empty_value")
+    _direction = "down"
 
     def __init__(
         self,
@@ -89,6 +63,7 @@ class HD95(_SurfaceMetric):
         check_number("percentile", percentile, low=0, high=100)
         check_number("threshold", threshold, low=0, high=1)
         super().__init__(
+            sf.hd95,
             name=name,
             dtype=dtype,
             spacing=spacing_argument(spacing),
@@ -100,19 +75,22 @@ class HD95(_SurfaceMetric):
 
 
 @register_metric
-class NSD(_SurfaceMetric):
+class NSD(SegMetric):
     """Normalized surface Dice at `tolerance`, mean over samples.
 
     Conventions (see `keras_seglosses.metrics.functional.nsd`): `"voxel"`
     counts boundary voxels (MONAI), `"surfel"` weights surface elements by
-    area (DeepMind). Both masks empty: 1; exactly one empty: 0.
+    area (DeepMind). Both masks empty: 1; exactly one empty: 0. Higher is
+    better: Keras callbacks with `mode="auto"` maximize it.
 
     Args:
         tolerance: number >= 0 in the units of `spacing`. Defaults to `1.0`.
         spacing: a number or one per spatial axis. Defaults to `None`.
         convention: `"voxel"` or `"surfel"`. Defaults to `"voxel"`.
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
-        name, dtype: as `keras.metrics.Metric`.
+        name: str, the metric's name. Defaults to `"nsd"`.
+        dtype: the dtype of the result, as `keras.metrics.Metric`.
+            Defaults to `None`.
 
     Example:
 
@@ -128,8 +106,7 @@ class NSD(_SurfaceMetric):
         Ma et al., "Loss odyssey" [004, 3.3.2].
     """
 
-    _fn = staticmethod(sf.nsd)
-    _config_keys = ("tolerance", "spacing", "convention", "threshold")
+    _direction = "up"
 
     def __init__(
         self, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5, name="nsd", dtype=None
@@ -138,6 +115,7 @@ class NSD(_SurfaceMetric):
         check_number("tolerance", tolerance, low=0)
         check_number("threshold", threshold, low=0, high=1)
         super().__init__(
+            sf.nsd,
             name=name,
             dtype=dtype,
             tolerance=float(tolerance),
@@ -148,13 +126,14 @@ class NSD(_SurfaceMetric):
 
 
 @register_metric
-class ASD(_SurfaceMetric):
+class ASD(SegMetric):
     """Average symmetric surface distance, mean over samples.
 
     Conventions (see `keras_seglosses.metrics.functional.asd`): `"mean"`
     [003, Eq. 12] and `"pooled"` (medpy 0.5 `assd`, MONAI symmetric). Both
     masks empty: 0; exactly one empty: `empty_value` (default: the volume
-    diagonal).
+    diagonal). Lower is better: Keras callbacks with `mode="auto"` minimize
+    it.
 
     Args:
         spacing: a number or one per spatial axis. Defaults to `None`.
@@ -162,7 +141,9 @@ class ASD(_SurfaceMetric):
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
         empty_value: finite number >= 0, or `None` for the volume diagonal.
             Defaults to `None`.
-        name, dtype: as `keras.metrics.Metric`.
+        name: str, the metric's name. Defaults to `"asd"`.
+        dtype: the dtype of the result, as `keras.metrics.Metric`.
+            Defaults to `None`.
 
     Example:
 
@@ -178,8 +159,7 @@ class ASD(_SurfaceMetric):
         Chen et al., TPAMI 2023 [003, Eq. 12].
     """
 
-    _fn = staticmethod(sf.asd)
-    _config_keys = ("spacing", "convention", "threshold", "empty_value")
+    _direction = "down"
 
     def __init__(
         self, spacing=None, convention="mean", threshold=0.5, empty_value=None, name="asd", dtype=None
@@ -187,6 +167,7 @@ class ASD(_SurfaceMetric):
         check_choice("convention", convention, sf.ASD_CONVENTIONS)
         check_number("threshold", threshold, low=0, high=1)
         super().__init__(
+            sf.asd,
             name=name,
             dtype=dtype,
             spacing=spacing_argument(spacing),

@@ -4,6 +4,7 @@ determinism, and model.fit on every backend."""
 import keras
 import numpy as np
 import pytest
+from _references import np_encode_input, np_rpmap
 
 from cm_dataset import CMData, generate, get_split, make_arrays, make_dataset
 from cm_dataset import augment as aug
@@ -41,16 +42,13 @@ def _reference(data, experiment, fold, subset, targets, encoding="scaled"):
     pairs = {"train": train, "val": val, "test": test}[subset]
     xs, ys = [], []
     for b, s in pairs:
-        x = data.x[b * data.n_surgeons + s].astype(np.float64)
-        xs.append(x[..., None] / 6.5 - 1 if encoding == "scaled" else np.eye(14)[x.astype(int)])
+        xs.append(np_encode_input(data.x[b * data.n_surgeons + s], encoding))
         y = data.y[b * data.n_surgeons + s].astype(np.float64)
         stack = np.stack([data.y[b * data.n_surgeons + k] for k in allowed[b]]).astype(np.float64)
-        count = stack.sum(axis=0)
         if targets == "plain":
             ys.append(y[..., None])
         elif targets == "rpdl":
-            m = np.where(count > 0, count / max(count.max(), 1), -1.0)
-            ys.append(np.stack([y, m], axis=-1))
+            ys.append(np.stack([y, np_rpmap(stack)], axis=-1))
         else:
             k = len(allowed[b])
             ys.append(legacy_reward_penalty_targets(y, stack, penalty=-k, scale=ns - 1)[..., None])

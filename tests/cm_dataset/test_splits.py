@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _references import np_rpmap
 
 from cm_dataset import CMData, generate, get_split, leave_one_bone_out, leave_one_surgeon_out
 
@@ -9,12 +10,6 @@ from cm_dataset import CMData, generate, get_split, leave_one_bone_out, leave_on
 @pytest.fixture(scope="module")
 def data():
     return generate(n_bones=9, n_surgeons=7, size=16, seed=1)
-
-
-def _map(stack):
-    """Reference RPMap [000, Fig. 2]: count / max count, -1 where no one drills."""
-    count = stack.astype(np.float64).sum(axis=0)
-    return np.where(count > 0, count / max(count.max(), 1), -1.0)
 
 
 @pytest.mark.parametrize("fold", range(1, 10))
@@ -80,17 +75,17 @@ def test_training_maps_exp1(data):
     maps = s.train_maps(data)
     assert sorted(maps) == [b for b in range(9) if b != 3]
     for b, m in maps.items():
-        np.testing.assert_allclose(m, _map(data.y[b * 7 : b * 7 + 7]), rtol=1e-6)
+        np.testing.assert_allclose(m, np_rpmap(data.y[b * 7 : b * 7 + 7]), rtol=1e-6)
     test = s.test_maps(data)
     assert list(test) == [3]
-    np.testing.assert_allclose(test[3], _map(data.y[21:28]), rtol=1e-6)
+    np.testing.assert_allclose(test[3], np_rpmap(data.y[21:28]), rtol=1e-6)
 
 
 def test_exp2_maps_never_see_the_held_out_surgeon(data):
     s = leave_one_surgeon_out(5)
     train_maps, test_maps = s.train_maps(data), s.test_maps(data)
     for b in range(9):
-        ref = _map(np.delete(data.y[b * 7 : b * 7 + 7], 4, axis=0))
+        ref = np_rpmap(np.delete(data.y[b * 7 : b * 7 + 7], 4, axis=0))
         np.testing.assert_allclose(train_maps[b], ref, rtol=1e-6)
         np.testing.assert_allclose(test_maps[b], ref, rtol=1e-6)
     # Altering the held-out surgeon's surgeries changes no map ...

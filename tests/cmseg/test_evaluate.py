@@ -6,6 +6,7 @@ import types
 
 import numpy as np
 import pytest
+from _references import np_dice, np_rpd, np_rpmap, np_surface, on_volume
 
 from cmseg import evaluate as ev
 
@@ -19,23 +20,8 @@ def _data(seed=0):
     return types.SimpleNamespace(x=x, y=y, n_bones=B, n_surgeons=S)
 
 
-def np_dice(y, p):
-    y, p = y.astype(bool), p > 0.5
-    total = y.sum() + p.sum()
-    return 1.0 if total == 0 else 2.0 * (y & p).sum() / total
-
-
-def np_rpmap(annotations):
-    # [000, Fig. 2]: count of surgeons marking a voxel / max count; -1 where none.
-    count = annotations.sum(axis=0).astype(np.float64)
-    return np.where(count > 0, count / max(count.max(), 1.0), -1.0)
-
-
-def np_rpd(y, p, m):
-    # [000, Eq. 6]
-    y, p = y.astype(np.float64), (p > 0.5).astype(np.float64)
-    den = (y * np.abs(m)).sum() + (p * np.abs(m)).sum()
-    return 1.0 if den == 0 else 2.0 * (y * p * m).sum() / den
+# [000, Eq. 5-6] on one volume at a time, as the protocol scores each pair.
+volume_dice, volume_rpd = on_volume(np_dice), on_volume(np_rpd)
 
 
 def test_bone_fold_matches_numpy():
@@ -47,8 +33,8 @@ def test_bone_fold_matches_numpy():
     ann = data.y[1 * S : 2 * S]
     m = np_rpmap(ann)
     assert [(c["bone"], c["surgeon"], c["row"]) for c in cases] == [(2, s, "Bone2") for s in (1, 2, 3)]
-    np.testing.assert_allclose([c["dice"] for c in cases], [np_dice(a, pred) for a in ann], rtol=1e-6)
-    np.testing.assert_allclose([c["rpd"] for c in cases], [np_rpd(a, pred, m) for a in ann], rtol=1e-6)
+    np.testing.assert_allclose([c["dice"] for c in cases], [volume_dice(a, pred) for a in ann], rtol=1e-6)
+    np.testing.assert_allclose([c["rpd"] for c in cases], [volume_rpd(a, pred, m) for a in ann], rtol=1e-6)
 
 
 def test_surgeon_fold_and_baseline_match_numpy():
@@ -63,12 +49,50 @@ def test_surgeon_fold_and_baseline_match_numpy():
         m = np_rpmap(ann)
         held = data.y[b * S + 2]
         for a in ann:
-            want.append((np_dice(a, preds[b]), np_rpd(a, preds[b], m)))
-            want_base.append((np_dice(a, held), np_rpd(a, held, m)))
+            want.append((volume_dice(a, preds[b]), volume_rpd(a, preds[b], m)))
+            want_base.append((volume_dice(a, held), volume_rpd(a, held, m)))
     np.testing.assert_allclose([(c["dice"], c["rpd"]) for c in cases], want, rtol=1e-6)
     np.testing.assert_allclose([(c["dice"], c["rpd"]) for c in base], want_base, rtol=1e-6)
     assert {c["row"] for c in cases} == {"Surgeon3"}
     assert {c["surgeon"] for c in base} == {1, 2}
+
+
+def _np_iou(a, b):
+    a, b = a > 0.5, b > 0.5
+    union = (a | b).sum()
+    return 1.0 if union == 0 else (a & b).sum() / union
+
+
+def test_input_metrics_per_held_out_surgeon_and_baseline():
+    """GED, Hungarian IoU and QUBIQ score one prediction against its input's
+    whole annotation set: one case per input (numpy transcriptions of Kohl
+    et al. 2018 and the QUBIQ score, with the prediction as one sample)."""
+    data = _data()
+    rng = np.random.default_rng(3)
+    preds = {b: rng.random((SIZE,) * 3) for b in range(B)}
+    metrics = ["dice", "ged", "hungarian_iou", "qubiq"]
+    cases, base = ev.fold_cases(data, "surgeon", 3, preds, metrics=metrics)
+    per_input = [c for c in cases if c["surgeon"] == ""]
+    assert len(per_input) == B and len(cases) == B * 3 and len(base) == B * 3
+    assert all("dice" not in c for c in per_input)
+    for c, b in zip(per_input, range(B)):
+        ann = data.y[b * S : b * S + 2].astype(float)
+        sample = (preds[b] > 0.5).astype(float)
+        cross = np.mean([1 - _np_iou(sample, a) for a in ann])
+        within = np.mean([1 - _np_iou(a, a2) for a in ann for a2 in ann])
+        np.testing.assert_allclose(c["ged"], 2 * cross - within, rtol=1e-6)
+        # one sample repeated to the K annotations: each is matched once
+        np.testing.assert_allclose(c["hungarian_iou"],
+                                   np.mean([_np_iou(sample, a) for a in ann]), rtol=1e-6)
+        soft = ann.mean(0)
+        q = [volume_dice((soft > t).astype(float), (preds[b] > t).astype(float))
+             if ((soft > t).any() or (preds[b] > t).any()) else 1.0
+             for t in np.arange(1, 10) / 10]
+        np.testing.assert_allclose(c["qubiq"], np.mean(q), rtol=1e-6)
+    summary = ev.summarize([{**c, "experiment": "surgeon", "model": "unet", "loss": "dl"}
+                            for c in cases], metrics)
+    overall = {s["metric"]: s for s in summary if s["row"] == "Overall"}
+    assert overall["ged"]["n"] == B and overall["dice"]["n"] == B * 2
 
 
 def test_invalid_fold():
@@ -182,9 +206,9 @@ def test_evaluate_command_against_numpy(tmp_path, capsys):
         other = 2 - fold  # the one training surgeon of this fold
         for b in range(3):
             m = np_rpmap(y[b, [other]])
-            model_cases.append((np_dice(y[b, other], prob[b]), np_rpd(y[b, other], prob[b], m)))
+            model_cases.append((volume_dice(y[b, other], prob[b]), volume_rpd(y[b, other], prob[b], m)))
             held = y[b, fold - 1]
-            base_cases.append((np_dice(y[b, other], held), np_rpd(y[b, other], held, m)))
+            base_cases.append((volume_dice(y[b, other], held), volume_rpd(y[b, other], held, m)))
     with open(tmp_path / "rep" / "results.csv") as f:
         got = {(r["metric"], r["model"], r["row"]): r for r in csv.DictReader(f)}
     for i, metric in enumerate(("dice", "rpd")):
@@ -196,7 +220,7 @@ def test_evaluate_command_against_numpy(tmp_path, capsys):
         assert float(got[metric, "unet", "Surgeon baseline"]["mean"]) == pytest.approx(base.mean(), abs=1e-6)
         # Experiment 1: bone 2 (index 1) against both its surgeons, map of both.
         m = np_rpmap(y[1])
-        want = np.array([(np_dice(a, prob[1]), np_rpd(a, prob[1], m))[i] for a in y[1]])
+        want = np.array([(volume_dice(a, prob[1]), volume_rpd(a, prob[1], m))[i] for a in y[1]])
         for row in ("Bone2", "Overall"):
             cell = got[metric, "vnet", row]
             assert cell["experiment"] == "bone" and cell["loss"] == "rpdl" and cell["n"] == "2"
@@ -209,20 +233,13 @@ def test_evaluate_command_against_numpy(tmp_path, capsys):
         assert (tmp_path / "rep" / name).is_file()
 
 
-def _np_surface(mask):
-    from scipy import ndimage
-
-    cross = ndimage.generate_binary_structure(3, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=cross)
-
-
 def _np_hd95_nsd(g, p, tolerance=1.0):
     """MONAI's conventions written out: boundary voxels (mask minus its
     6-connected erosion); HD95 the max of the two directed 95th percentiles;
     NSD the fraction of both boundaries within `tolerance` of the other."""
     from scipy import ndimage
 
-    sg, sp = _np_surface(g.astype(bool)), _np_surface(p > 0.5)
+    sg, sp = np_surface(g.astype(bool)), np_surface(p > 0.5)
     d_gp = ndimage.distance_transform_edt(~sp)[sg]
     d_pg = ndimage.distance_transform_edt(~sg)[sp]
     hd = max(np.percentile(d_gp, 95), np.percentile(d_pg, 95))
@@ -241,6 +258,7 @@ def test_surface_metrics_in_the_protocol():
     pred = np.zeros((12, 12, 12), np.float32)
     pred[3:9, 2:10, 3:10] = 0.9
     cases, _ = ev.fold_cases(data, "bone", 1, {0: pred})
+    cases = [c for c in cases if c["surgeon"] != ""]  # the pair cases (not the input's)
     want = [_np_hd95_nsd(a, pred) for a in y[:S]]
     np.testing.assert_allclose([c["hd95"] for c in cases], [w[0] for w in want], rtol=1e-4)
     np.testing.assert_allclose([c["nsd"] for c in cases], [w[1] for w in want], rtol=1e-4)

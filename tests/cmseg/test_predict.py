@@ -7,6 +7,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from _references import np_encode_input
 
 from cmseg.cli import main
 from cmseg.predict import encode, load_volumes
@@ -21,11 +22,6 @@ def _model(**kw):
     settings = dict(input_shape=(SIZE, SIZE, SIZE, 1), n_base_filters=2, depth=2)
     settings.update(kw)
     return models3d.get("unet", **settings)
-
-
-def _reference_input(x):
-    # The original code's encoding, written out: labels 0..13 -> x / 6.5 - 1.
-    return (x.astype(np.float32) / 6.5 - 1.0)[..., None]
 
 
 def _png(path):
@@ -44,7 +40,7 @@ def test_predict_keras_model(tmp_path):
                  "--out", str(out)]) == 0
     prob = np.load(out / "probability.npy")
     region = np.load(out / "region.npy")
-    want = keras.ops.convert_to_numpy(model(_reference_input(x), training=False))[..., 0]
+    want = keras.ops.convert_to_numpy(model(np_encode_input(x, "scaled"), training=False))[..., 0]
     assert prob.shape == region.shape == (2, SIZE, SIZE, SIZE)
     np.testing.assert_allclose(prob, want, atol=1e-5)
     np.testing.assert_array_equal(region, (prob > 0.5).astype(np.int8))
@@ -76,7 +72,7 @@ def test_predict_original_h5_single_volume(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "unet_bone1_heatmapdice.h5"),
                  "--input", str(tmp_path / "x.npy"), "--out", str(out)]) == 0
     prob = np.load(out / "probability.npy")
-    want = keras.ops.convert_to_numpy(source(_reference_input(x[None]), training=False))[..., 0]
+    want = keras.ops.convert_to_numpy(source(np_encode_input(x[None], "scaled"), training=False))[..., 0]
     np.testing.assert_allclose(prob, want, atol=1e-5)
     assert _png(out / "slices.png")
     # The wrong architecture for the file: a usage error naming the file.

@@ -4,6 +4,7 @@ distance transform."""
 import keras
 import numpy as np
 import pytest
+from _references import np_region_map
 from scipy import ndimage
 
 import keras_seglosses as ks
@@ -17,32 +18,12 @@ def _two_class(y):
 
 def scipy_rrw(y, spacing=None):
     """[002, Eq. 4]; absent class 1, full class -1 (the documented choices)."""
-    y = _two_class(y)
-    z = np.ones_like(y)
-    for b in range(y.shape[0]):
-        for k in range(y.shape[-1]):
-            m = y[b, ..., k] > 0.5
-            if m.all():
-                z[b, ..., k] = -1.0
-            elif m.any():
-                # distance of each class voxel to the nearest voxel outside it
-                d = ndimage.distance_transform_edt(m, sampling=spacing)
-                z[b, ..., k] = np.where(m, -d / d[m].max(), 1.0)
-    return z
+    return np_region_map(_two_class(y), "rrw", spacing)
 
 
 def scipy_boundary(y, spacing=None):
     """[002, Eq. 3]; absent and full classes 0."""
-    y = _two_class(y)
-    z = np.zeros_like(y)
-    for b in range(y.shape[0]):
-        for k in range(y.shape[-1]):
-            m = y[b, ..., k] > 0.5
-            if m.any() and not m.all():
-                inside = ndimage.distance_transform_edt(m, sampling=spacing)
-                outside = ndimage.distance_transform_edt(~m, sampling=spacing)
-                z[b, ..., k] = np.where(m, -inside, outside)
-    return z
+    return np_region_map(_two_class(y), "boundary", spacing)
 
 
 def one_hot(rng, shape, absent=None, full_sample=None):

@@ -3,24 +3,11 @@
 import keras
 import numpy as np
 import pytest
+from _references import np_dice, np_rpd
 
 import keras_seglosses as ks
 from keras_seglosses.metrics import functional as F
-
-
-def np_dice(y, p):
-    pb = (p > 0.5).astype(float)
-    axes = tuple(range(1, y.ndim - 1))
-    num, den = 2 * (y * pb).sum(axes), (y + pb).sum(axes)
-    return np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
-
-
-def np_rpd(y, p, m):
-    pb = (p > 0.5).astype(float)
-    axes = tuple(range(1, y.ndim - 1))
-    num = 2 * (y * pb * m).sum(axes)
-    den = (y * np.abs(m)).sum(axes) + (pb * np.abs(m)).sum(axes)
-    return np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
+from keras_seglosses.targets import MapRead, map_reads
 
 
 def sample(rng, shape):
@@ -74,6 +61,47 @@ def test_rpd_is_invariant_to_scaling_the_map(rng):
     a = np.asarray(F.reward_penalty_dice(ks.pack_targets(y, m), p))
     b = np.asarray(F.reward_penalty_dice(ks.pack_targets(y, 7 * m), p))
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("shape", [(3, 6, 7, 1), (2, 4, 5, 3, 3)])
+def test_rpd_reads_the_map_at_map_index(rng, jit, shape):
+    y, p, m = sample(rng, shape)
+    # A decoy in slot 0 that would score differently if RPD read it.
+    other = rng.normal(size=shape).astype("float32")
+    want = np_rpd(y, p, m)
+    assert not np.allclose(np_rpd(y, p, other), want)
+    at_0, at_1 = ks.pack_targets(y, m), ks.pack_targets(y, other, m)
+    got_0 = np.asarray(F.reward_penalty_dice(at_0, p))
+    got_1 = np.asarray(jit(lambda a, b: F.reward_penalty_dice(a, b, map_index=1))(at_1, p))
+    np.testing.assert_allclose(got_0, want, rtol=1e-6)
+    np.testing.assert_allclose(got_1, want, rtol=1e-6)
+    metric = ks.metrics.RPD(map_index=1)
+    metric.update_state(at_1, p)
+    np.testing.assert_allclose(float(metric.result()), want.mean(), rtol=1e-6)
+    assert metric.map_reads() == (MapRead("rpmap", 1, 1),)
+    assert map_reads(ks.metrics.RPD(), n_classes=shape[-1]) == (MapRead("rpmap", 0, 1),)
+    with pytest.raises(ValueError, match="reward-penalty map"):
+        ks.metrics.RPD(map_index=1).update_state(at_0, p)  # no slot 1
+
+
+def test_rpd_config_keeps_map_index_and_old_configs_load(rng):
+    y, p, m = sample(rng, (2, 4, 4, 1))
+    yt = ks.pack_targets(y, np.zeros_like(m), m)
+    metric = ks.metrics.RPD(threshold=0.4, map_index=1, name="rpd1")
+    restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+    assert type(restored) is ks.metrics.RPD and restored.map_index == 1
+    assert restored.get_config() == metric.get_config()
+    for each in (metric, restored):
+        each.update_state(yt, p)
+    assert float(restored.result()) == float(metric.result())
+    old = {k: v for k, v in metric.get_config().items() if k != "map_index"}
+    assert ks.metrics.RPD.from_config(old).map_index == 0
+    for bad in (-1, 1.5, True, None):
+        with pytest.raises(ValueError, match="`map_index`"):
+            ks.metrics.RPD(map_index=bad)
+        with pytest.raises(ValueError, match="`map_index`"):
+            F.reward_penalty_dice(yt, p, map_index=bad)
 
 
 def test_metric_errors_are_clear():

@@ -149,3 +149,57 @@ def test_pos_weight_from_labels():
     assert pos_weight_from_labels(y) == 90 / 10
     with pytest.raises(ValueError, match="no foreground"):
         pos_weight_from_labels(np.zeros(3))
+
+
+# ------------------------------------------------- rewards from STAPLE (ours)
+def test_staple_rewards_weigh_reliable_raters_more(rng):
+    from scipy import ndimage
+
+    from keras_seglosses.multirater import staple
+
+    truth = ndimage.gaussian_filter(rng.standard_normal((30, 30)), 2) > 0.0
+    good = truth ^ (rng.random(truth.shape) < 0.01)
+    bad = [truth ^ (rng.random(truth.shape) < 0.25) for _ in range(3)]
+    a = np.stack([good, *bad]).astype(np.int8)
+    count = a.sum(0)
+    m = reward_penalty_map(a, rewards="staple")
+    raw = reward_penalty_map(a, rewards="staple", normalize=False, penalty=-0.5)
+    w = staple(a).probability
+    top = (4 * w)[count > 0].max()
+    np.testing.assert_allclose(raw[count > 0], (4 * w)[count > 0], rtol=1e-6)
+    np.testing.assert_allclose(raw[count == 0], -0.5 * top, rtol=1e-6)
+    np.testing.assert_allclose(m[count > 0], (4 * w / top)[count > 0], rtol=1e-6)
+    assert np.all(m[count == 0] == -1.0) and m.max() == pytest.approx(1.0)
+    # a voxel only the reliable rater marks earns more than one only a
+    # single unreliable rater marks, though both have count 1
+    only_good = (count == 1) & (a[0] == 1)
+    only_bad = (count == 1) & (a[0] == 0)
+    assert only_good.any() and only_bad.any()
+    assert m[only_good].min() > m[only_bad].max()
+    assert m.dtype == np.float32
+
+
+def test_staple_rewards_reduce_to_counts_for_identical_raters(rng):
+    base = (rng.random((3, 6, 7)) > 0.5).astype(np.int8)
+    for a in (np.stack([base] * 4), base[:1], np.zeros((3, 4, 4), np.int8)):
+        for normalize in (True, False):
+            np.testing.assert_array_equal(
+                reward_penalty_map(a, normalize=normalize, rewards="staple"),
+                reward_penalty_map(a, normalize=normalize),
+            )
+
+
+def test_count_rewards_stay_bit_identical(rng):
+    a = (rng.random((5, 7, 8)) > 0.6).astype(np.int8)
+    count = a.sum(axis=0, dtype=np.float32)
+    top = np.float32(count.max())
+    # the formula of the release before `rewards=` existed
+    before = np.where(count > 0, count / top, np.float32(-1.0)).astype(np.float32)
+    got = reward_penalty_map(a, rewards="count")
+    assert got.dtype == np.float32 and got.tobytes() == before.tobytes()
+    assert reward_penalty_map(a).tobytes() == before.tobytes()
+
+
+def test_unknown_rewards_raise():
+    with pytest.raises(ValueError, match=r"argument `rewards`.*Received: rewards='mean'"):
+        reward_penalty_map(np.ones((2, 3)), rewards="mean")

@@ -1,0 +1,97 @@
+"""Pieces every metric shares: binarization, the empty-mask ratio, and the
+base of the Keras metric classes.
+
+Both functional modules (`functional`, `_surface_functional`) import from
+here, so that neither has to import the other.
+"""
+
+import keras
+from keras import ops
+
+from keras_seglosses._core import split_targets
+
+__all__ = ["binarize", "ratio_or_one", "SegMetric"]
+
+
+def binarize(y_true, y_pred, threshold=0.5, name="metric"):
+    """Validate shapes and binarize the prediction.
+
+    `P' = 1[y_pred > threshold]`, the paper's binarization at 0.5 [000,
+    Sec. V].
+
+    Args:
+        y_true: labels `(batch, *spatial, C)`, possibly packed with maps
+            (see `keras_seglosses.pack_targets`).
+        y_pred: predictions `(batch, *spatial, C)`.
+        threshold: float, the binarization threshold. Defaults to `0.5`.
+        name: str, the metric named in shape errors. Defaults to `"metric"`.
+
+    Returns:
+        Tuple `(y_true, labels, P')` of float32 tensors: the whole packed
+        target, its first C channels, and the binarized prediction.
+    """
+    y_true, labels, y_pred = split_targets(y_true, y_pred, name)
+    pred = ops.cast(ops.cast(y_pred, "float32") > threshold, "float32")
+    return y_true, labels, pred
+
+
+def ratio_or_one(numerator, denominator):
+    """`numerator / denominator`, and 1 where the denominator is 0.
+
+    A zero denominator of Dice or RPD means both masks are empty, which
+    scores perfectly (SPEC.md Sec. 5). Both branches are computed, so the
+    division is safe under `jit` and its gradient finite.
+
+    Args:
+        numerator: float tensor.
+        denominator: float tensor of the same shape, >= 0.
+
+    Returns:
+        Float tensor of the same shape.
+    """
+    safe = ops.where(denominator > 0, denominator, 1.0)
+    return ops.where(denominator > 0, numerator / safe, 1.0)
+
+
+def _mean_over_channels(fn):
+    """`fn` returns `(batch, C)`; Keras' `Mean` wants one value per sample."""
+
+    def per_sample(y_true, y_pred, **kwargs):
+        return ops.mean(fn(y_true, y_pred, **kwargs), axis=-1)
+
+    per_sample.__name__ = fn.__name__
+    return per_sample
+
+
+class SegMetric(keras.metrics.MeanMetricWrapper):
+    """Base of the package's metrics: the mean over samples (and channels)
+    of a functional form, its hyperparameters stated once.
+
+    A subclass validates its arguments in `__init__` and passes them to
+    `super().__init__(fn, name=..., dtype=..., **hyperparameters)`, with `fn`
+    a function of `keras_seglosses.metrics.functional` returning
+    `(batch, C)`. Each hyperparameter is stored as an attribute of the same
+    name, and `get_config` is `name`, `dtype` and the hyperparameters, as
+    plain Python values.
+
+    A subclass sets the class attribute `_direction` to `"up"` (higher is
+    better) or `"down"`: with `mode="auto"`, Keras' `EarlyStopping`,
+    `ModelCheckpoint` and `ReduceLROnPlateau` read that attribute of the
+    monitored metric. The base leaves it unset on purpose: Keras takes any
+    value but `"up"` for `"down"`, while a missing one makes it raise, so a
+    subclass that forgets fails loudly instead of being minimized.
+
+    Args:
+        fn: callable `fn(y_true, y_pred, **hyperparameters) -> (batch, C)`.
+        name: str, the metric's name.
+        dtype: the dtype of the metric's result, as `keras.metrics.Metric`.
+        **hyperparameters: keyword arguments of `fn`.
+    """
+
+    def __init__(self, fn, *, name, dtype, **hyperparameters):
+        super().__init__(fn=_mean_over_channels(fn), name=name, dtype=dtype, **hyperparameters)
+        for key, value in hyperparameters.items():
+            setattr(self, key, value)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, **self._fn_kwargs}
