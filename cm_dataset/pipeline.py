@@ -33,12 +33,16 @@ from cm_dataset import augment as aug
 from cm_dataset.data import N_LABELS, CMData
 from cm_dataset.encoding import INPUT_ENCODINGS, encode_input, input_table
 from cm_dataset.splits import get_split
+from keras_seglosses.multirater import staple
 from keras_seglosses.rpmap import legacy_reward_penalty_targets, reward_penalty_map
 from keras_seglosses.targets import pack_targets
 
 __all__ = ["make_dataset", "make_arrays", "TARGETS", "INPUT_ENCODINGS", "SUBSETS"]
 
 TARGETS = ("rpdl", "plain", "legacy")
+#: What the label channel holds: each surgery (one pair per annotation, the
+#: paper), or a consensus of the bone's map surgeries (one pair per input).
+LABELS = ("each", "soft", "majority", "staple")
 SUBSETS = ("train", "val", "test")
 
 
@@ -163,6 +167,7 @@ def make_dataset(
     targets="rpdl",
     input_encoding="scaled",
     validation_fraction=0.1,
+    label="each",
 ):
     """`tf.data.Dataset` of `(x, y)` batches for one leave-one-out fold.
 
@@ -186,6 +191,18 @@ def make_dataset(
       penalty `-K` for the K map surgeries and scale `n_surgeons - 1` (at
       least 1), as the released code: -7 and 6 in Experiment 1, -6 and 6
       in Experiment 2 on the 7-surgeon data. 1 channel.
+
+    Labels, per `label` (the K surgeries are the bone's map surgeries, as
+    for M: never a held-out surgeon):
+
+    * `"each"`: one pair per surgery, labelled with it (the paper).
+    * `"soft"`: one pair per input, labelled with the soft label
+      `count / K` (`keras_seglosses.multirater.soft_label`); train with a
+      loss that accepts soft targets (e.g. `Dice(soft_label=True)`).
+    * `"majority"`: one pair per input, `count / K > 0.5` (a tie is
+      background, `multirater.majority_vote`).
+    * `"staple"`: one pair per input, STAPLE's posterior `> 0.5`
+      (`multirater.staple` of the K surgeries).
 
     Augmentation (`cm_dataset.augment`), exact and identical on x, y and M:
 
@@ -219,6 +236,8 @@ def make_dataset(
         targets: "rpdl", "plain" or "legacy". Defaults to `"rpdl"`.
         input_encoding: "scaled" or "onehot". Defaults to `"scaled"`.
         validation_fraction: float in [0, 1). Defaults to `0.1`.
+        label: "each", "soft", "majority" or "staple" (not with
+            `targets="legacy"`). Defaults to `"each"`.
 
     Returns:
         `tf.data.Dataset` of float32 `(x, y)`, x `(B, S, S, S, 1 or 14)`,
@@ -246,10 +265,22 @@ def make_dataset(
             "Invalid value for argument `seed`. Expected a non-negative integer. "
             f"Received: seed={seed!r}"
         )
+    _choice(label, LABELS, "label")
+    if label != "each" and targets == "legacy":
+        raise ValueError(
+            "Invalid value for argument `label`. The legacy target encodes each "
+            f"surgery; expected 'each' with targets='legacy'. Received: label={label!r}"
+        )
     pairs, map_surgeons = _subset(data, experiment, fold, subset, validation_fraction)
+    if label != "each":
+        # one pair per input: the consensus does not depend on the surgery
+        first = {}
+        for b, s in pairs:
+            first.setdefault(b, (b, s))
+        pairs = list(first.values())
     if augment == "random" and subset != "train":
         augment = None
-    packed, tables = _pack(data, pairs, map_surgeons, targets)
+    packed, tables = _pack(data, pairs, map_surgeons, targets, label)
     # Symmetry k is axis permutation k // 8, then the reversals FLIPS[k % 8].
     # Permuting bytes element by element is the costly part of a symmetry,
     # so every pair is stored once per permutation (6 bytes per voxel) and
@@ -333,7 +364,7 @@ def _decoder():
     return _DECODE[0]
 
 
-def _pack(data, pairs, map_surgeons, targets):
+def _pack(data, pairs, map_surgeons, targets, label="each"):
     """Per pair, one integer volume `x * 2B + y * B + count` (B = K + 1, K
     the most map surgeries of a bone; uint8 up to 8 surgeons) and the
     target of every `(y, count)` code, `(len(pairs), 2B, channels)` float32.
@@ -342,7 +373,10 @@ def _pack(data, pairs, map_surgeons, targets):
     keeps the working set at one byte per voxel and pair. The tables are
     the map formulas of `keras_seglosses.rpmap` on each possible count:
     M = count / max(count) or -1 [000, Fig. 2]; the legacy target
-    y * count, -K where no surgery, 0 where only y, over n_surgeons - 1."""
+    y * count, -K where no surgery, 0 where only y, over n_surgeons - 1.
+    For the consensus labels the y bit holds STAPLE's mask (`"staple"`) or
+    nothing; the soft label and the majority vote are functions of the
+    count alone."""
     base = max(len(s) for s in map_surgeons) + 1
     width = 2 * base
     dtype = np.uint8 if N_LABELS * width <= 256 else np.int32
@@ -355,14 +389,25 @@ def _pack(data, pairs, map_surgeons, targets):
     yf = y_code.astype(np.float32)
     for i, (b, s) in enumerate(pairs):
         j = data.index(b, s)
-        packed[i] = ((data.x[j].astype(np.int32) * 2 + data.y[j]) * base + counts[b]).astype(dtype)
+        y_bit = data.y[j]
+        if label == "staple":
+            y_bit = (staple(data.annotations(b, map_surgeons[b])).probability > 0.5)
+        elif label != "each":
+            y_bit = np.zeros_like(data.y[j])
+        packed[i] = ((data.x[j].astype(np.int32) * 2 + y_bit) * base + counts[b]).astype(dtype)
         if targets == "legacy":
             penalty, scale = _legacy_scale(len(map_surgeons[b]), data.n_surgeons)
             h = np.where(c == 0, np.float32(penalty), yf * c)
             h = np.where((c == 1) & (yf == 1), np.float32(0.0), h)
             tables[i, :, 0] = h / np.float32(scale)
             continue
-        tables[i, :, 0] = yf
+        k = np.float32(len(map_surgeons[b]))
+        if label == "soft":
+            tables[i, :, 0] = np.minimum(c / k, np.float32(1.0))
+        elif label == "majority":
+            tables[i, :, 0] = (2.0 * c > k).astype(np.float32)
+        else:
+            tables[i, :, 0] = yf
         if targets == "rpdl":
             top = np.float32(max(int(counts[b].max()), 1))
             tables[i, :, 1] = np.where(c > 0, c / top, np.float32(-1.0))

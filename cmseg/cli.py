@@ -85,6 +85,7 @@ _TRAIN_OPTIONS = (
     ("--input-encoding", "input_encoding"),
     ("--distribute", "distribute"),
     ("--deterministic", "deterministic"),
+    ("--target", "target"),
     ("--overwrite", "overwrite"),
 )
 
@@ -129,6 +130,11 @@ def _add_train_options(p, epochs=200, steps=None):
     p.add_argument("--distribute", action="store_true",
                    help="data-parallel on every local device (JAX: DataParallel; "
                    "TensorFlow: MirroredStrategy)")
+    p.add_argument("--target", default="each", choices=("each", "soft", "majority", "staple"),
+                   help="each: one pair per annotation (the paper); soft, majority, staple: "
+                   "one pair per input on that consensus of its training annotations "
+                   "(soft: pass a loss that takes soft targets, e.g. --loss dl "
+                   "--loss-config '{\"soft_label\": true}'). Default: %(default)s")
     p.add_argument("--deterministic", action="store_true",
                    help="bit-reproducible across processes: seeded generators, "
                    "TensorFlow op determinism, torch deterministic algorithms "
@@ -260,7 +266,7 @@ def _train_config(args, fold):
         validation_steps=args.validation_steps, seed=args.seed, base_filters=args.base_filters,
         depth=args.depth, dropout=args.dropout, augment=args.augment,
         input_encoding=args.input_encoding, distribute=args.distribute,
-        deterministic=args.deterministic,
+        deterministic=args.deterministic, target=args.target,
     )
 
 

@@ -43,7 +43,7 @@ def demo_config(data_dir, loss, schedule=None, size=64, base_filters=4):
 
     return TrainConfig(data=os.path.abspath(data_dir), experiment="bone", fold=1, model="unet",
                        loss=loss, base_filters=base_filters, depth=5 if size >= 32 else 2,
-                       **(DEMO_SCHEDULE if schedule is None else schedule))
+                       deterministic=True, **(DEMO_SCHEDULE if schedule is None else schedule))
 
 
 def demo(out="demo_out", epochs=None, steps_per_epoch=None, batch_size=None, lr=None, size=64,

@@ -95,6 +95,7 @@ class TrainConfig:
     input_encoding: str = "scaled"
     distribute: bool = False
     deterministic: bool = False
+    target: str = "each"
     verbose: str = "auto"
 
     def to_json(self):
@@ -102,6 +103,9 @@ class TrainConfig:
 
 
 LR_SCHEDULES = ("plateau", "cosine")
+#: `--target`: one pair per annotation (the paper) or one per input on a
+#: consensus of the training annotations (`cm_dataset.make_dataset(label=...)`).
+TARGETS = ("each", "soft", "majority", "staple")
 
 
 def cosine_learning_rate(lr, epoch, epochs):
@@ -361,6 +365,7 @@ def _datasets(data, config, targets, initial_epoch=0):
         targets=targets,
         input_encoding=config.input_encoding,
         validation_fraction=config.validation_fraction,
+        label=config.target,
     )
     experiment = registry.EXPERIMENT_NUMBERS[config.experiment]
     split = cm_dataset.get_split(experiment, config.fold, data.n_bones, data.n_surgeons)
@@ -435,6 +440,15 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
             f"Invalid value for --model. Expected one of {', '.join(registry.MODELS)}. "
             f"Received: --model {config.model}"
         )
+    if config.target not in TARGETS:
+        raise UsageError(
+            f"Invalid value for --target. Expected one of {', '.join(TARGETS)}. "
+            f"Received: --target {config.target}"
+        )
+    if config.target != "each" and registry.loss_targets(
+            registry.make_loss(config.loss, config.loss_config)) == "legacy":
+        raise UsageError("--target: the legacy target encodes each surgery; use --target each "
+                         f"with --loss {config.loss}.")
     if config.lr_schedule not in LR_SCHEDULES:
         raise UsageError(
             f"Invalid value for --lr-schedule. Expected one of {', '.join(LR_SCHEDULES)}. "

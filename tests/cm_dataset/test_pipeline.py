@@ -236,3 +236,36 @@ def test_legacy_targets_use_the_released_constants():
         want = {np.float32(-k / 6), np.float32(0)} | {np.float32(c / 6) for c in range(2, k + 1)}
         got = set(np.unique(h).tolist())
         assert got <= want and np.float32(-k / 6) in got and np.float32(k / 6) in got, got
+
+
+@pytest.mark.parametrize("label", ["soft", "majority", "staple"])
+def test_consensus_labels_one_pair_per_input(label):
+    """`label=`: one pair per training bone, labelled with the consensus of
+    the bone's training surgeries (numpy transcriptions; STAPLE is checked
+    against SimpleITK in its own tests), RPMap unchanged."""
+    from keras_seglosses.multirater import staple
+
+    data = generate(n_bones=3, n_surgeons=4, size=16, seed=2)
+    ds = make_dataset(data, experiment=2, fold=2, batch_size=1, augment=None, label=label)
+    batches = [tuple(np.asarray(t) for t in b) for b in ds]
+    split = get_split(2, 2, 3, 4)
+    train, _ = split.train_val(0.1)
+    bones = []
+    for b, _ in train:
+        if b not in bones:
+            bones.append(b)
+    assert len(batches) == len(bones)
+    # training batches are shuffled: find each one's bone by its input
+    inputs = {b: np_encode_input(data.bone_input(b)[None], "scaled")[0] for b in bones}
+    found = [next(b for b in bones if np.array_equal(x[0], inputs[b])) for x, _ in batches]
+    assert sorted(found) == sorted(bones)
+    for (x, y), b in zip(batches, found):
+        ann = data.annotations(b, split.map_surgeons[b]).astype(np.float64)
+        want = {"soft": ann.mean(0), "majority": (ann.mean(0) > 0.5),
+                "staple": staple(ann).probability > 0.5}[label]
+        np.testing.assert_allclose(y[0, ..., 0], want.astype(np.float32), atol=1e-6)
+        count = ann.sum(0)
+        np.testing.assert_allclose(y[0, ..., 1], np.where(count > 0, count / count.max(), -1.0),
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="`label`.*Received: label='vote'"):
+        make_dataset(data, 2, 2, label="vote")

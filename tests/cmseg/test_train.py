@@ -430,3 +430,19 @@ def test_distribute_on_two_virtual_devices(data_dir, tmp_path, capsys):
     history = _io.read_csv(os.path.join(run, tr.HISTORY))
     assert [r["epoch"] for r in history] == ["1"] and math.isfinite(float(history[0]["loss"]))
     assert json.load(open(os.path.join(run, tr.CONFIG)))["distribute"] is True
+
+
+def test_consensus_target_trains_one_pair_per_input(data_dir, tmp_path):
+    """`--target soft`: a soft-label Dice run on one pair per training input;
+    a legacy loss refuses it before anything is written."""
+    run = str(tmp_path / "soft")
+    tr.train(tiny(data_dir, epochs=1, loss="dl", loss_config={"soft_label": True},
+                  target="soft", steps_per_epoch=None, batch_size=1), run, log=lambda _: None)
+    saved = _io.read_json(os.path.join(run, tr.CONFIG))
+    assert saved["target"] == "soft" and len(_history(run)) == 1
+    with pytest.raises(tr.UsageError, match="--target"):
+        tr.train(tiny(data_dir, loss="legacy_reward_penalty_dice", target="staple"),
+                 str(tmp_path / "legacy"), log=lambda _: None)
+    with pytest.raises(tr.UsageError, match="Expected one of each, soft"):
+        tr.train(tiny(data_dir, target="vote"), str(tmp_path / "bad"), log=lambda _: None)
+    assert not os.path.exists(tmp_path / "legacy") and not os.path.exists(tmp_path / "bad")
