@@ -4,28 +4,12 @@ gradients and MONAI's HausdorffDTLoss."""
 import keras
 import numpy as np
 import pytest
-from scipy import ndimage
+from _references import np_signed
 
 import keras_seglosses as ks
 
 
 # ------------------------------------------------------------ numpy references
-def np_signed(y, spacing=None):
-    """phi_G per sample and channel: -distance to the background inside,
-    distance to the mask outside, 0 for an empty or full mask."""
-    out = np.zeros_like(y, dtype=np.float64)
-    for b in range(y.shape[0]):
-        for c in range(y.shape[-1]):
-            m = y[b, ..., c] > 0.5
-            if m.any() and not m.all():
-                out[b, ..., c] = np.where(
-                    m,
-                    -ndimage.distance_transform_edt(m, sampling=spacing),
-                    ndimage.distance_transform_edt(~m, sampling=spacing),
-                )
-    return out
-
-
 def classes(x, bg):
     return x[..., 1:] if (not bg and x.shape[-1] > 1) else x
 

@@ -5,6 +5,7 @@ the general `Compound`, serialization inside a saved model, and one compiled
 import keras
 import numpy as np
 import pytest
+from _references import random_case
 from scipy import ndimage
 
 import keras_seglosses as ks
@@ -92,15 +93,7 @@ KINDS = {"sigmoid2d": ((2, 6, 7, 1), False), "softmax3d": ((2, 4, 5, 6, 3), True
 
 
 def make(rng, kind):
-    shape, softmax = KINDS[kind]
-    logits = rng.normal(size=shape) * 2
-    if softmax:
-        y = np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        p = e / e.sum(-1, keepdims=True)
-    else:
-        y = (rng.random(shape) < 0.4).astype(np.float64)
-        p = 1 / (1 + np.exp(-logits))
+    y, p, logits = random_case(rng, *KINDS[kind])
     return y, np.clip(p, 1e-3, 1 - 1e-3), logits
 
 

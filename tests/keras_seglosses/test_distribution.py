@@ -7,6 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from _references import numeric_gradient
 from scipy import ndimage
 
 import keras_seglosses as ks
@@ -87,18 +88,6 @@ def np_dpce(y, p, sigmoid):
         v = -d * (y * np.log(p) + (1 - y) * np.log(1 - p))
         return v.reshape(len(y), -1).mean(1)
     return -(d * y * np.log(p)).sum(-1).mean(axis=_spatial(y))
-
-
-def numeric_gradient(f, x, points, h=1e-6):
-    """Central differences of `sum f` at the flat indices `points`."""
-    x = x.astype(np.float64)
-    grad = np.zeros(len(points))
-    for n, i in enumerate(zip(*np.unravel_index(points, x.shape))):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += h
-        xm[i] -= h
-        grad[n] = (f(xp).sum() - f(xm).sum()) / (2 * h)
-    return grad
 
 
 # --------------------------------------------------------------------- inputs
