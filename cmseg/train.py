@@ -131,6 +131,14 @@ def make_deterministic():
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
+    # Op determinism does not fix the order in which CPU threads add up a
+    # convolution's partial sums: at 64^3 two processes then differ in the
+    # 7th digit now and then. One intra-op thread removes that.
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # the runtime already started: keep its threads
+        pass
     if keras.backend.backend() == "torch":
         import torch
 
