@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/multirater.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
