@@ -453,10 +453,6 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
             f"Invalid value for --target. Expected one of {', '.join(TARGETS)}. "
             f"Received: --target {config.target}"
         )
-    if config.target != "each" and registry.loss_targets(
-            registry.make_loss(config.loss, config.loss_config)) == "legacy":
-        raise UsageError("--target: the legacy target encodes each surgery; use --target each "
-                         f"with --loss {config.loss}.")
     if config.lr_schedule not in LR_SCHEDULES:
         raise UsageError(
             f"Invalid value for --lr-schedule. Expected one of {', '.join(LR_SCHEDULES)}. "
@@ -468,6 +464,9 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
         targets = registry.loss_targets(registry.make_loss(config.loss, config.loss_config))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if config.target != "each" and targets == "legacy":
+        raise UsageError("--target: the legacy target encodes each surgery; use --target each "
+                         f"with --loss {config.loss}.")
     data = _load_data(config.data)
     _check_fold(config, data)
     config_path = os.path.join(out, CONFIG)

@@ -445,4 +445,8 @@ def test_consensus_target_trains_one_pair_per_input(data_dir, tmp_path):
                  str(tmp_path / "legacy"), log=lambda _: None)
     with pytest.raises(tr.UsageError, match="Expected one of each, soft"):
         tr.train(tiny(data_dir, target="vote"), str(tmp_path / "bad"), log=lambda _: None)
+    # an unknown loss is a usage error with a consensus target too
+    with pytest.raises(tr.UsageError, match="Expected one of wcel, dl, rpdl"):
+        tr.train(tiny(data_dir, loss="nope", target="soft"), str(tmp_path / "bad"),
+                 log=lambda _: None)
     assert not os.path.exists(tmp_path / "legacy") and not os.path.exists(tmp_path / "bad")
