@@ -150,6 +150,7 @@ def fold_cases(data, experiment, fold, predictions, metrics=None, baseline=True)
     from cm_dataset import get_split
     from keras_seglosses import reward_penalty_map
 
+    metrics = available_metrics() if metrics is None else metrics
     y = np.asarray(data.y).reshape(data.n_bones, data.n_surgeons, *data.y.shape[1:])
     if experiment not in registry.EXPERIMENTS:
         registry.valid_folds(experiment)  # raises, listing the experiments
@@ -167,8 +168,7 @@ def fold_cases(data, experiment, fold, predictions, metrics=None, baseline=True)
             scored.append((y[bone, held_out], base))
         for pred, sink in scored:
             values = pair_scores(pred, ann, rpmap, metrics)
-            per_input = input_scores(pred, ann, metrics if metrics is not None
-                                     else available_metrics())
+            per_input = input_scores(pred, ann, metrics)
             if per_input:
                 sink.append({"fold": fold, "bone": bone + 1, "surgeon": "", "row": row,
                              **per_input})

@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_seglosses._core import split_targets
+from keras_seglosses.targets import MapRead
 
 __all__ = ["binarize", "ratio_or_one", "SegMetric"]
 
@@ -81,6 +82,10 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
     value but `"up"` for `"down"`, while a missing one makes it raise, so a
     subclass that forgets fails loudly instead of being minimized.
 
+    A metric that reads a packed map sets the class attribute `map_kind`
+    and takes `map_index`; `map_reads` then declares it (one slot), as the
+    losses do (`targets.map_reads`).
+
     Args:
         fn: callable `fn(y_true, y_pred, **hyperparameters) -> (batch, C)`.
         name: str, the metric's name.
@@ -93,5 +98,15 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
         for key, value in hyperparameters.items():
             setattr(self, key, value)
 
+    map_kind = None
+
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype, **self._fn_kwargs}
+
+    def map_reads(self, n_classes=None):
+        """The packed maps `update_state` reads: `MapRead(map_kind,
+        map_index, 1)` (the map takes one slot whatever `n_classes`, the
+        channels of `y_pred`), or `()` for a metric of the labels only."""
+        if self.map_kind is None:
+            return ()
+        return (MapRead(self.map_kind, self.map_index, 1),)

@@ -11,7 +11,6 @@ the STAPLE posterior for `ConsensusDice`.
 from keras_seglosses._core import check_map_index, check_number, register_metric
 from keras_seglosses.metrics import _multirater_functional as mf
 from keras_seglosses.metrics._common import SegMetric
-from keras_seglosses.targets import MapRead
 
 __all__ = ["QUBIQ", "ConsensusDice"]
 
@@ -55,6 +54,7 @@ class QUBIQ(SegMetric):
     """
 
     _direction = "up"
+    map_kind = "soft"
 
     def __init__(self, thresholds=mf.QUBIQ_THRESHOLDS, map_index=0, name="qubiq", dtype=None):
         super().__init__(
@@ -65,18 +65,6 @@ class QUBIQ(SegMetric):
             map_index=check_map_index(map_index, allow_none=False),
         )
 
-    def map_reads(self, n_classes=None):
-        """The packed maps `update_state` reads.
-
-        Args:
-            n_classes: int or `None`, the channels of `y_pred` (the soft
-                label takes one slot whatever it is). Defaults to `None`.
-
-        Returns:
-            Tuple of one `keras_seglosses.targets.MapRead`: kind `"soft"` at
-            slot `map_index`, one slot wide.
-        """
-        return (MapRead("soft", self.map_index, 1),)
 
 
 @register_metric
@@ -114,6 +102,7 @@ class ConsensusDice(SegMetric):
     """
 
     _direction = "up"
+    map_kind = "consensus"
 
     def __init__(self, threshold=0.5, map_index=0, name="consensus_dice", dtype=None):
         super().__init__(
@@ -124,15 +113,3 @@ class ConsensusDice(SegMetric):
             map_index=check_map_index(map_index, allow_none=False),
         )
 
-    def map_reads(self, n_classes=None):
-        """The packed maps `update_state` reads.
-
-        Args:
-            n_classes: int or `None`, the channels of `y_pred` (the
-                consensus takes one slot whatever it is). Defaults to `None`.
-
-        Returns:
-            Tuple of one `keras_seglosses.targets.MapRead`: kind
-            `"consensus"` at slot `map_index`, one slot wide.
-        """
-        return (MapRead("consensus", self.map_index, 1),)

@@ -3,7 +3,6 @@
 from keras_seglosses._core import check_map_index, check_number, register_metric
 from keras_seglosses.metrics import functional
 from keras_seglosses.metrics._common import SegMetric
-from keras_seglosses.targets import MapRead
 
 __all__ = ["Dice", "RPD"]
 
@@ -80,6 +79,7 @@ class RPD(SegMetric):
     """
 
     _direction = "up"
+    map_kind = "rpmap"
 
     def __init__(self, threshold=0.5, map_index=0, name="rpd", dtype=None):
         super().__init__(
@@ -90,15 +90,3 @@ class RPD(SegMetric):
             map_index=check_map_index(map_index, allow_none=False),
         )
 
-    def map_reads(self, n_classes=None):
-        """The packed maps `update_state` reads.
-
-        Args:
-            n_classes: int or `None`, the channels of `y_pred` (M takes one
-                slot whatever it is). Defaults to `None`.
-
-        Returns:
-            Tuple of one `keras_seglosses.targets.MapRead`: kind `"rpmap"`
-            at slot `map_index`, one slot wide.
-        """
-        return (MapRead("rpmap", self.map_index, 1),)

@@ -4,7 +4,7 @@ gradients and MONAI's HausdorffDTLoss."""
 import keras
 import numpy as np
 import pytest
-from _references import np_signed
+from _references import np_signed, random_case
 
 import keras_seglosses as ks
 
@@ -36,15 +36,9 @@ KINDS = {"sigmoid2d": ((2, 6, 7, 1), False), "softmax3d": ((2, 4, 5, 6, 3), True
 
 def make(rng, kind):
     shape, softmax = KINDS[kind]
-    logits = rng.normal(size=shape) * 2
-    if softmax:
-        y = np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        p = e / e.sum(-1, keepdims=True)
-    else:
-        y = (rng.random(shape) < 0.4).astype(np.float64)
+    y, p, logits = random_case(rng, shape, softmax)
+    if not softmax:
         y[1] = 0.0  # an empty mask: phi = d_G = 0
-        p = 1 / (1 + np.exp(-logits))
     return y, p, logits
 
 

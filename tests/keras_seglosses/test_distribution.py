@@ -7,7 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from _references import numeric_gradient
+from _references import numeric_gradient, random_case
 from scipy import ndimage
 
 import keras_seglosses as ks
@@ -101,14 +101,7 @@ KINDS = {
 
 def make(rng, kind):
     shape, softmax, _ = KINDS[kind]
-    logits = rng.normal(size=shape) * 2
-    if softmax:
-        y = np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        p = e / e.sum(-1, keepdims=True)
-    else:
-        y = (rng.random(shape) < 0.4).astype(np.float64)
-        p = 1 / (1 + np.exp(-logits))
+    y, p, logits = random_case(rng, shape, softmax)
     p = np.clip(p, 0.02, 0.98)  # away from the clipping of the logs
     if softmax:
         p = p / p.sum(-1, keepdims=True)
