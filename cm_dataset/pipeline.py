@@ -37,7 +37,7 @@ from keras_seglosses.multirater import staple
 from keras_seglosses.rpmap import legacy_reward_penalty_targets, reward_penalty_map
 from keras_seglosses.targets import pack_targets
 
-__all__ = ["make_dataset", "make_arrays", "TARGETS", "INPUT_ENCODINGS", "SUBSETS"]
+__all__ = ["make_dataset", "make_arrays", "TARGETS", "LABELS", "INPUT_ENCODINGS", "SUBSETS"]
 
 TARGETS = ("rpdl", "plain", "legacy")
 #: What the label channel holds: each surgery (one pair per annotation, the
