@@ -1,10 +1,12 @@
-"""The `cmseg` command line: synth, train, evaluate, predict, demo.
+"""The `cmseg` command line: synth, train, evaluate, predict, study, demo.
 
     cmseg synth    --out DIR [--seed N]
     cmseg train    --data DIR --experiment {bone,surgeon} --fold {K,all}
                    --model NAME --loss NAME --out RUNDIR [options]
     cmseg evaluate --data DIR --runs RUNDIR [RUNDIR ...] --out REPORTDIR
     cmseg predict  --model PATH --input X.npy --out DIR
+    cmseg study    --data DIR --out STUDYDIR [--losses wcel dl rpdl] [--seeds 0 1 2]
+                   [--jobs N] [--print-commands] [train options]
     cmseg demo     [--out DIR] [--epochs N] [--steps-per-epoch N]
 
 From a checkout: `python -m cmseg ...`. Exit status 0 on success, 2 for
@@ -90,17 +92,22 @@ _TRAIN_OPTIONS = (
 )
 
 
-def _add_train_options(p, epochs=200, steps=None):
+def _add_train_options(p, epochs=200, steps=None, single_run=True):
+    """The options of `cmseg train`; with `single_run=False` those a study
+    shares among its runs (no model, loss, seed or --overwrite; a study
+    trains deterministically unless told otherwise)."""
     from cmseg import registry
     from cmseg.train import LR_SCHEDULES
 
-    p.add_argument("--model", default="unet", choices=registry.MODELS,
-                   help="architecture (models3d.get name). Default: %(default)s")
-    p.add_argument("--loss", default="rpdl", choices=registry.loss_names(), metavar="NAME",
-                   help="training loss: the paper's wcel, dl, rpdl or the snake_case name "
-                   "of any loss of keras_seglosses (%(choices)s). Default: %(default)s")
-    p.add_argument("--loss-config", type=_json_object, default={}, metavar="JSON",
-                   help='constructor arguments of the loss, e.g. \'{"smooth": 1e-5}\'')
+    if single_run:
+        p.add_argument("--model", default="unet", choices=registry.MODELS,
+                       help="architecture (models3d.get name). Default: %(default)s")
+        p.add_argument("--loss", default="rpdl", choices=registry.loss_names(), metavar="NAME",
+                       help="training loss: the paper's wcel, dl, rpdl or the snake_case "
+                       "name of any loss of keras_seglosses (%(choices)s). "
+                       "Default: %(default)s")
+        p.add_argument("--loss-config", type=_json_object, default={}, metavar="JSON",
+                       help='constructor arguments of the loss, e.g. \'{"smooth": 1e-5}\'')
     p.add_argument("--epochs", type=_positive_int, default=epochs,
                    help="maximum number of epochs. Default: %(default)s")
     p.add_argument("--batch-size", type=_positive_int, default=16,
@@ -115,7 +122,8 @@ def _add_train_options(p, epochs=200, steps=None):
                    help="batches per epoch (default: one pass over the training pairs)")
     p.add_argument("--validation-steps", type=_positive_int, default=None,
                    help="validation batches per epoch (default: the whole split)")
-    p.add_argument("--seed", type=int, default=0, help="Default: %(default)s")
+    if single_run:
+        p.add_argument("--seed", type=int, default=0, help="Default: %(default)s")
     p.add_argument("--base-filters", type=_positive_int, default=4,
                    help="filters of the first level. Default: %(default)s")
     p.add_argument("--depth", type=_positive_int, default=5,
@@ -135,12 +143,17 @@ def _add_train_options(p, epochs=200, steps=None):
                    "one pair per input on that consensus of its training annotations "
                    "(soft: pass a loss that takes soft targets, e.g. --loss dl "
                    "--loss-config '{\"soft_label\": true}'). Default: %(default)s")
-    p.add_argument("--deterministic", action="store_true",
-                   help="bit-reproducible across processes: seeded generators, "
-                   "TensorFlow op determinism, torch deterministic algorithms "
-                   "(slower; see the README)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="retrain even if RUNDIR holds a finished run")
+    if single_run:
+        p.add_argument("--deterministic", action="store_true",
+                       help="bit-reproducible across processes: seeded generators, "
+                       "TensorFlow op determinism, torch deterministic algorithms "
+                       "(slower; see the README)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="retrain even if RUNDIR holds a finished run")
+    else:
+        p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                       help="train every run bit-reproducibly (as cmseg train "
+                       "--deterministic). Default: on")
 
 
 def build_parser():
@@ -194,6 +207,38 @@ def build_parser():
                    help="architecture of an .h5 file. Default: %(default)s")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="Default: %(default)s")
 
+    p = sub.add_parser("study", help="every fold, loss and seed of both experiments, "
+                       "evaluated with paired statistics (does RPDL help?)")
+    p.add_argument("--data", required=True, help="CM data directory")
+    p.add_argument("--out", required=True, help="study directory (STUDYDIR)")
+    p.add_argument("--experiments", nargs="+", default=list(registry.EXPERIMENTS),
+                   choices=registry.EXPERIMENTS, metavar="EXP",
+                   help="bone and/or surgeon. Default: both")
+    p.add_argument("--models", nargs="+", default=["unet"], choices=registry.MODELS,
+                   metavar="MODEL", help=f"among {', '.join(registry.MODELS)}. "
+                   "Default: unet")
+    p.add_argument("--losses", nargs="+", default=list(registry.PAPER_LOSSES),
+                   choices=registry.loss_names(), metavar="LOSS",
+                   help="compared with every seed. Default: wcel dl rpdl")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED",
+                   help="Default: 0 1 2")
+    p.add_argument("--extra-losses", nargs="+", default=[], choices=registry.loss_names(),
+                   metavar="LOSS", help="further losses, trained with --extra-seeds only")
+    p.add_argument("--extra-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="seeds of --extra-losses. Default: the first of --seeds")
+    p.add_argument("--folds", nargs="+", type=_fold, default=["all"], metavar="FOLD",
+                   help="1-based folds present in every chosen experiment, or all. "
+                   "Default: all")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="training processes side by side, the CPU threads divided "
+                   "among them. Default: %(default)s")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one cmseg train line per unfinished run (for a cluster) "
+                   "and exit; run the study command again afterwards for the report")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the runs finished so far")
+    _add_train_options(p, single_run=False)
+
     p = sub.add_parser("demo", help="synthesize, train dl and rpdl, evaluate, predict")
     p.add_argument("--out", default="demo_out", help="Default: %(default)s")
     p.add_argument("--epochs", type=_positive_int, default=None,
@@ -211,15 +256,20 @@ def build_parser():
     return parser
 
 
-def fold_commands(args, folds, prog=PROG):
-    """One `train` command line per fold, options repeated when not default."""
-    defaults = vars(build_parser().parse_args(
+def _train_defaults():
+    return vars(build_parser().parse_args(
         ["train", "--data", "d", "--experiment", "bone", "--fold", "1", "--out", "o"]))
-    base = [prog, "train", "--data", args.data, "--experiment", args.experiment,
-            "--model", args.model, "--loss", args.loss]
+
+
+def train_option_args(values, skip=()):
+    """`cmseg train` flags for the options in `values` (a dict by option
+    dest, e.g. a `TrainConfig`'s fields) that differ from their defaults."""
+    defaults = _train_defaults()
     extra = []
     for flag, dest in _TRAIN_OPTIONS:
-        value = getattr(args, dest)
+        if dest in skip or dest not in values:
+            continue
+        value = values[dest]
         if value == defaults[dest]:
             continue
         if isinstance(value, bool):
@@ -228,6 +278,14 @@ def fold_commands(args, folds, prog=PROG):
             extra += [flag, json.dumps(value)]
         else:
             extra += [flag, "none" if value is None else str(value)]
+    return extra
+
+
+def fold_commands(args, folds, prog=PROG):
+    """One `train` command line per fold, options repeated when not default."""
+    base = [prog, "train", "--data", args.data, "--experiment", args.experiment,
+            "--model", args.model, "--loss", args.loss]
+    extra = train_option_args(vars(args))
     return [
         shlex.join(base + ["--fold", str(k), "--out", os.path.join(args.out, f"fold-{k}")] + extra)
         for k in folds
@@ -316,6 +374,12 @@ def _cmd_predict(args, parser):
     return 0
 
 
+def _cmd_study(args, parser):
+    from cmseg.study import study_main
+
+    return study_main(args)
+
+
 def _cmd_demo(args, parser):
     from cmseg.demo import demo
 
@@ -335,7 +399,8 @@ def main(argv=None):
     except SystemExit as e:
         return int(e.code or 0)
     commands = {"synth": lambda a, p: _cmd_synth(a), "train": _cmd_train,
-                "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
+                "evaluate": _cmd_evaluate, "predict": _cmd_predict, "study": _cmd_study,
+                "demo": _cmd_demo}
     sub = args.command_parser
     try:
         out = getattr(args, "out", None)
