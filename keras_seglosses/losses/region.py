@@ -16,6 +16,7 @@ from keras import ops
 
 from keras_seglosses._core import (
     SegLoss,
+    check_choice,
     check_number,
     per_sample,
     prepare,
@@ -171,16 +172,27 @@ def asymmetric_similarity(
     return per_sample(loss, s, batch, include_background)
 
 
+#: `weighting` of the generalized Dice: the class weight as a function of
+#: the class's ground-truth volume G_c (MONAI's `w_type`).
+GD_WEIGHTINGS = ("square", "simple", "uniform")
+
+
 def _generalized_dice_coefficient(y_true, y_pred, smooth, batch, from_logits,
-                                  include_background, name, soft_label):
+                                  include_background, name, soft_label, weighting="square"):
     """`(GD, s)`: `(2 sum_c w_c TP_c + e) / (sum_c w_c (G_c + S_c) + e)`,
-    `w_c = 1 / G_c^2`; an absent class (G_c = 0) gets the largest weight of
+    `w_c = 1 / G_c^2` (`"square"`, Sudre et al.), `1 / G_c` (`"simple"`) or
+    1 (`"uniform"`); an absent class (G_c = 0) gets the largest weight of
     the present ones, as MONAI does, instead of an infinite one."""
     tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, name, soft_label)
     tp, sg, ss = (_select_classes(v, include_background) for v in (tp, sg, ss))
-    present = sg > 0
-    w = ops.where(present, 1.0 / ops.square(ops.where(present, sg, 1.0)), 0.0)
-    w = ops.where(present, w, ops.max(w, axis=-1, keepdims=True))
+    if weighting == "uniform":
+        w = ops.ones_like(sg)
+    else:
+        present = sg > 0
+        volume = ops.where(present, sg, 1.0)
+        w = 1.0 / (ops.square(volume) if weighting == "square" else volume)
+        w = ops.where(present, w, 0.0)
+        w = ops.where(present, w, ops.max(w, axis=-1, keepdims=True))
     w = ops.stop_gradient(w)
     numerator = 2.0 * ops.sum(w * tp, axis=-1) + smooth
     denominator = ops.sum(w * (sg + ss), axis=-1) + smooth
@@ -195,27 +207,27 @@ def _repeat(values, like, batch):
 
 def generalized_dice(
     y_true, y_pred, *, smooth=1e-5, batch=False, from_logits=False, include_background=True,
-    soft_label=False
+    soft_label=False, weighting="square"
 ):
     """Per-sample generalized Dice loss [004, Eq. 15].
 
     `1 - (2 sum_c w_c sum_i g s + e) / (sum_c w_c sum_i (g + s) + e)` with
-    `w_c = 1 / (sum_i g_i^c)^2`.
+    `w_c = 1 / (sum_i g_i^c)^2` (`weighting="square"`, Eq. 15), `1 / sum_i
+    g_i^c` (`"simple"`) or 1 (`"uniform"`).
 
     Returns:
         Tensor of shape `(batch,)`.
     """
     gd, s = _generalized_dice_coefficient(
         y_true, y_pred, smooth, batch, from_logits, include_background, "GeneralizedDice",
-        soft_label,
+        soft_label, weighting,
     )
     return _repeat(1.0 - gd, s, batch)
 
 
 def penalty_generalized_dice(
     y_true, y_pred, *, k=2.5, smooth=1e-5, batch=False, from_logits=False,
-    include_background=True,
-    soft_label=False,
+    include_background=True, soft_label=False, weighting="square",
 ):
     """Per-sample penalty generalized Dice loss [004, Eq. 18].
 
@@ -228,7 +240,7 @@ def penalty_generalized_dice(
     """
     gd, s = _generalized_dice_coefficient(
         y_true, y_pred, smooth, batch, from_logits, include_background,
-        "PenaltyGeneralizedDice", soft_label,
+        "PenaltyGeneralizedDice", soft_label, weighting,
     )
     return _repeat(1.0 - gd / (1.0 + k * (1.0 - gd)), s, batch)
 
@@ -595,6 +607,10 @@ class GeneralizedDice(_RegionLoss):
     sums are of order `1 / sum g`.
 
     Args:
+        weighting: the class weight from the class's ground-truth volume
+            `G_c = sum_i g_i^c`: `"square"` (`1 / G_c^2`, Sudre et al.),
+            `"simple"` (`1 / G_c`) or `"uniform"` (1, a Dice over the pooled
+            classes), as MONAI's `w_type`. Defaults to `"square"`.
         smooth: float >= 0 added to numerator and denominator. Defaults to
             `1e-05`.
         batch: bool, pool the sums over the mini-batch (and repeat the value
@@ -624,11 +640,12 @@ class GeneralizedDice(_RegionLoss):
     """
 
     def __init__(self, smooth=1e-5, batch=False, from_logits=False,
-                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
-                 name="generalized_dice", dtype=None):
+                 include_background=True, soft_label=False, weighting="square",
+                 reduction="sum_over_batch_size", name="generalized_dice", dtype=None):
         super().__init__(
             generalized_dice, smooth, batch, from_logits, include_background, reduction,
             name, dtype, soft_label=bool(soft_label),
+            weighting=check_choice("weighting", weighting, GD_WEIGHTINGS),
         )
 
 
@@ -643,6 +660,8 @@ class PenaltyGeneralizedDice(_RegionLoss):
     Args:
         k: float >= 0, the penalty of false positives and negatives.
             Defaults to `2.5`.
+        weighting: `"square"`, `"simple"` or `"uniform"`, the class weights
+            of `GeneralizedDice`. Defaults to `"square"`.
         smooth: float >= 0 added to numerator and denominator. Defaults to
             `1e-05`.
         batch: bool, pool the sums over the mini-batch (and repeat the value
@@ -672,11 +691,12 @@ class PenaltyGeneralizedDice(_RegionLoss):
     """
 
     def __init__(self, k=2.5, smooth=1e-5, batch=False, from_logits=False,
-                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
-                 name="penalty_generalized_dice", dtype=None):
+                 include_background=True, soft_label=False, weighting="square",
+                 reduction="sum_over_batch_size", name="penalty_generalized_dice", dtype=None):
         super().__init__(
             penalty_generalized_dice, smooth, batch, from_logits, include_background, reduction,
             name, dtype, soft_label=bool(soft_label),
             k=float(check_number("k", k, low=0)),
+            weighting=check_choice("weighting", weighting, GD_WEIGHTINGS),
         )
 

@@ -44,19 +44,21 @@ def np_asym(y, p, beta=1.5, s=1.0, batch=False, bg=True):
     return class_mean(v, len(y), batch, bg)
 
 
-def np_gd_weights(y, batch, bg):
+def np_gd_weights(y, batch, bg, weighting="square"):
     g = sums(y, batch)
     if not bg and g.shape[-1] > 1:
         g = g[..., 1:]
+    if weighting == "uniform":
+        return np.ones_like(g)
     with np.errstate(divide="ignore"):
-        w = 1.0 / g**2
+        w = 1.0 / (g**2 if weighting == "square" else g)
     finite = np.where(np.isfinite(w), w, 0)
     return np.where(np.isfinite(w), w, finite.max(-1, keepdims=True))
 
 
-def np_pgd(y, p, k=0.0, s=1e-5, batch=False, bg=True):
+def np_pgd(y, p, k=0.0, s=1e-5, batch=False, bg=True, weighting="square"):
     """Eq. 18, first line (k = 0: Eq. 15)."""
-    w = np_gd_weights(y, batch, bg)
+    w = np_gd_weights(y, batch, bg, weighting)
     cut = (lambda x: x[..., 1:]) if (not bg and y.shape[-1] > 1) else (lambda x: x)
     tp = cut(sums(y * p, batch))
     fp, fn = cut(sums((1 - y) * p, batch)), cut(sums(y * (1 - p), batch))
@@ -122,6 +124,12 @@ CASES = {
            lambda y, p, b, bg: np_pgd(y, p, 0.0, 1e-5, b, bg)),
     "pgd": (lambda b, bg: ks.PenaltyGeneralizedDice(batch=b, include_background=bg),
             lambda y, p, b, bg: np_pgd(y, p, 2.5, 1e-5, b, bg)),
+    "gd_simple": (lambda b, bg: ks.GeneralizedDice(batch=b, include_background=bg,
+                                                   weighting="simple"),
+                  lambda y, p, b, bg: np_pgd(y, p, 0.0, 1e-5, b, bg, "simple")),
+    "pgd_uniform": (lambda b, bg: ks.PenaltyGeneralizedDice(batch=b, include_background=bg,
+                                                            weighting="uniform"),
+                    lambda y, p, b, bg: np_pgd(y, p, 2.5, 1e-5, b, bg, "uniform")),
     "lovasz": (lambda b, bg: ks.Lovasz(batch=b, include_background=bg),
                lambda y, p, b, bg: np_lovasz(y, p, b, bg)),
 }
@@ -264,11 +272,15 @@ def test_generalized_dice_and_tversky_agree_with_monai(batch, rng):
             y[..., 0] += y[..., 1]
             y[..., 1] = 0.0
         for bg in (True, False):
-            ours = ks.GeneralizedDice(smooth=1e-5, batch=batch, include_background=bg)
-            theirs = GeneralizedDiceLoss(include_background=bg, batch=batch, w_type="square")
-            np.testing.assert_allclose(
-                float(ours(y, p)), float(theirs(*_monai_inputs(y, p))), rtol=1e-4
-            )
+            for weighting in ("square", "simple", "uniform"):
+                ours = ks.GeneralizedDice(smooth=1e-5, batch=batch, include_background=bg,
+                                          weighting=weighting)
+                theirs = GeneralizedDiceLoss(include_background=bg, batch=batch,
+                                             w_type=weighting)
+                np.testing.assert_allclose(
+                    float(ours(y, p)), float(theirs(*_monai_inputs(y, p))), rtol=1e-4,
+                    err_msg=f"{kind} include_background={bg} weighting={weighting}",
+                )
             ours = ks.Tversky(alpha=0.3, beta=0.7, smooth=1e-3, batch=batch, include_background=bg)
             theirs = TverskyLoss(include_background=bg, alpha=0.3, beta=0.7, batch=batch,
                                  smooth_nr=1e-3, smooth_dr=1e-3)
@@ -324,6 +336,7 @@ def test_config_round_trip(loss, rng):
         (lambda: ks.AsymmetricSimilarity(beta=0), "`beta`"),
         (lambda: ks.PenaltyGeneralizedDice(k=-1), "`k`"),
         (lambda: ks.GeneralizedDice(smooth="a"), "`smooth`"),
+        (lambda: ks.GeneralizedDice(weighting="log"), "`weighting`"),
     ],
 )
 def test_bad_hyperparameters_raise(make_loss, match):
