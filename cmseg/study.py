@@ -17,9 +17,10 @@ Runs are separate `cmseg train` processes, exactly the lines
 A finished run is reused, a killed one resumes from its last epoch (as
 `cmseg train` does), and `--jobs N` runs N at once with the CPU threads
 divided among them. The grid is ordered seed by seed (every experiment,
-fold and loss of the first seed, then the second, ...), so a study stopped
-early holds complete comparisons for its first seeds. Losses of
-`extra_losses` train with the first of `extra_seeds` next to the first seed.
+fold and loss of the first seed, then the second, ...) and the losses of
+`extra_losses` (trained with `extra_seeds` only, by default the first
+seed) come last, so a study stopped early holds complete comparisons of
+the main losses for its first seeds.
 
 A study directory belongs to one set of settings: the same command resumes
 it, a command with other settings is refused (exit 2) before anything is
@@ -29,6 +30,7 @@ written.
 import dataclasses
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -105,21 +107,20 @@ def folds_of(settings, experiment, n_bones, n_surgeons):
 
 
 def plan(settings, n_bones, n_surgeons):
-    """The study's runs, in training order: seed by seed (the seeds, then
-    extra seeds not among them), and within a seed experiment, fold, model
-    and loss (the losses, then the extra losses where the seed is one of
-    `extra_seeds`)."""
-    seeds = list(settings.seeds) + [s for s in settings.extra_seeds if s not in settings.seeds]
+    """The study's runs, in training order: the compared losses seed by seed
+    (within a seed: experiment, fold, model, loss), then the extra losses on
+    their seeds, so that a study stopped early holds whole comparisons of
+    the main losses for its first seeds."""
+    groups = [(seed, list(settings.losses)) for seed in settings.seeds]
+    groups += [(seed, [lo for lo in settings.extra_losses if lo not in settings.losses])
+               for seed in settings.extra_seeds]
     runs = []
-    for seed in seeds:
-        losses = list(settings.losses) if seed in settings.seeds else []
-        if seed in settings.extra_seeds:
-            losses += [lo for lo in settings.extra_losses if lo not in losses]
+    for seed, losses in groups:
         for exp in settings.experiments:
             for fold in folds_of(settings, exp, n_bones, n_surgeons):
                 for model in settings.models:
                     runs += [Run(exp, fold, model, loss, seed) for loss in losses]
-    return runs
+    return list(dict.fromkeys(runs))
 
 
 def train_argv(settings, run, study_dir):
@@ -202,6 +203,10 @@ def _lock(study_dir):
     return fd
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _clock(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -223,6 +228,9 @@ def run_study(settings, study_dir, runs, jobs=1, log=None):
         return []
     lock = _lock(study_dir)
     os.makedirs(os.path.join(study_dir, "logs"), exist_ok=True)
+    # `kill` (SIGTERM) stops the trainings as Ctrl-C does, instead of
+    # leaving them running without the study.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     env = _thread_env(jobs)
     start = time.monotonic()
     pending, running, failed, done = list(todo), {}, [], 0
@@ -259,6 +267,7 @@ def run_study(settings, study_dir, runs, jobs=1, log=None):
             proc.wait()
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         os.close(lock)
     return failed
 

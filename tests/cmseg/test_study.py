@@ -29,15 +29,17 @@ def _study(data_dir, out, *extra):
     return ["study", "--data", data_dir, "--out", str(out), *extra]
 
 
-def test_plan_is_seed_major_with_extra_losses_on_their_seeds():
+def test_plan_is_seed_major_with_extra_losses_last():
     settings = study.StudySettings(data="d", experiments=["bone", "surgeon"], models=["unet"],
                                    losses=["dl", "rpdl"], seeds=[0, 1],
                                    extra_losses=["dice_ce"], extra_seeds=[0])
     runs = study.plan(settings, n_bones=3, n_surgeons=2)
-    assert len(runs) == (3 + 2) * 3 + (3 + 2) * 2
-    assert [r.seed for r in runs] == [0] * 15 + [1] * 10
-    assert {r.loss for r in runs if r.seed == 1} == {"dl", "rpdl"}
-    assert runs[:3] == [study.Run("bone", 1, "unet", lo, 0) for lo in ("dl", "rpdl", "dice_ce")]
+    assert len(runs) == (3 + 2) * 2 * 2 + (3 + 2)
+    assert [r.seed for r in runs] == [0] * 10 + [1] * 10 + [0] * 5
+    assert {r.loss for r in runs[:20]} == {"dl", "rpdl"}
+    assert {r.loss for r in runs[20:]} == {"dice_ce"}
+    assert runs[:2] == [study.Run("bone", 1, "unet", lo, 0) for lo in ("dl", "rpdl")]
+    assert runs[6] == study.Run("surgeon", 1, "unet", "dl", 0)
     assert len(set(runs)) == len(runs)
     assert runs[0].path == os.path.join("runs", "bone", "unet", "dl", "seed-0", "fold-1")
 
@@ -114,7 +116,8 @@ def _wait(predicate, timeout=300):
     return False
 
 
-def test_killed_study_resumes_reuses_finished_runs_and_reports(data_dir, tmp_path):
+def test_killed_study_stops_its_trainings_then_resumes_reusing_finished_runs(data_dir,
+                                                                            tmp_path):
     from cmseg import _io
     from cmseg.train import run_is_finished
 
@@ -140,9 +143,15 @@ def test_killed_study_resumes_reuses_finished_runs_and_reports(data_dir, tmp_pat
 
     try:
         assert _wait(second_mid_run), proc.stderr.read().decode()[-3000:]
+        proc.send_signal(signal.SIGTERM)  # the study only: it stops its trainings
+        proc.wait(timeout=60)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left, should the test fail
+        except ProcessLookupError:
+            pass
         proc.wait()
+    os.close(study._lock(str(out)))  # no training of the study is left running
     assert run_is_finished(str(first)) and not run_is_finished(str(second))
     kept = os.path.getmtime(first / "model.keras")
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
