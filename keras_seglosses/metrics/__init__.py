@@ -7,8 +7,9 @@ without `mode=`.
 """
 
 from keras_seglosses.metrics import functional
-from keras_seglosses.metrics.overlap import RPD, Dice
+from keras_seglosses.metrics.overlap import RPD, Dice, Precision, Sensitivity, Specificity
 from keras_seglosses.metrics.multirater import QUBIQ, ConsensusDice
 from keras_seglosses.metrics.surface import ASD, HD95, NSD
 
-__all__ = ["functional", "Dice", "RPD", "HD95", "NSD", "ASD", "QUBIQ", "ConsensusDice"]
+__all__ = ["functional", "Dice", "RPD", "Sensitivity", "Specificity", "Precision", "HD95",
+           "NSD", "ASD", "QUBIQ", "ConsensusDice"]

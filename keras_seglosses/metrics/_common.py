@@ -86,6 +86,14 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
     and takes `map_index`; `map_reads` then declares it (one slot), as the
     losses do (`targets.map_reads`).
 
+    A metric built with the hyperparameter `empty="nan"` (its functional
+    form then returns NaN for an undefined value, e.g. a sensitivity
+    without ground truth) averages the defined values only, as MONAI's
+    `ignore_empty`/`not_nans` do: a sample's value is the mean of its
+    defined channels, a sample with none is left out of the mean, and the
+    variable `excluded` counts the (sample, channel) values left out since
+    the last `reset_state`. The result is 0 while nothing was defined.
+
     Args:
         fn: callable `fn(y_true, y_pred, **hyperparameters) -> (batch, C)`.
         name: str, the metric's name.
@@ -97,8 +105,31 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
         super().__init__(fn=_mean_over_channels(fn), name=name, dtype=dtype, **hyperparameters)
         for key, value in hyperparameters.items():
             setattr(self, key, value)
+        self._per_channel = fn
+        self._skips_undefined = hyperparameters.get("empty") == "nan"
+        if self._skips_undefined:
+            self.excluded = self.add_variable(shape=(), initializer="zeros", dtype="float32",
+                                              name="excluded")
 
     map_kind = None
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if not self._skips_undefined:
+            return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+        values = ops.cast(self._per_channel(y_true, y_pred, **self._fn_kwargs), "float32")
+        defined = ops.cast(ops.logical_not(ops.isnan(values)), "float32")
+        n = ops.sum(defined, axis=-1)
+        per_sample = ops.sum(ops.where(defined > 0, values, 0.0), axis=-1) / ops.maximum(n, 1.0)
+        weight = ops.cast(n > 0, "float32")
+        if sample_weight is not None:
+            weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), ops.shape(weight))
+        self.excluded.assign_add(ops.sum(1.0 - defined))
+        return keras.metrics.Mean.update_state(self, per_sample, sample_weight=weight)
+
+    def reset_state(self):
+        super().reset_state()
+        if self._skips_undefined:
+            self.excluded.assign(0.0)
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype, **self._fn_kwargs}

@@ -14,7 +14,14 @@ from keras_seglosses.metrics._common import binarize, ratio_or_one
 from keras_seglosses.metrics._surface_functional import asd, hd95, nsd
 from keras_seglosses.targets import require_map
 
-__all__ = ["binarize", "dice", "reward_penalty_dice", "hd95", "nsd", "asd"]
+__all__ = ["binarize", "dice", "reward_penalty_dice", "hd95", "nsd", "asd", "sensitivity",
+           "specificity", "precision", "EMPTY_MODES"]
+
+#: What a confusion-matrix metric returns where it is undefined (a zero
+#: denominator): `"one"` (nothing to find was missed, nothing predicted was
+#: wrong: the package's rule that an empty case is perfect) or `"nan"`
+#: (MONAI's `ConfusionMatrixMetric`, to be excluded from means).
+EMPTY_MODES = ("one", "nan")
 
 
 def dice(y_true, y_pred, threshold=0.5):
@@ -95,3 +102,64 @@ from keras_seglosses.metrics._multirater_functional import (  # noqa: E402
 )
 
 __all__ += ["generalized_energy_distance", "hungarian_iou", "qubiq_score", "consensus_dice"]
+
+
+def _confusion_ratio(y_true, y_pred, threshold, empty, name, numerator, denominator):
+    from keras_seglosses._core import check_choice
+
+    check_choice("empty", empty, EMPTY_MODES)
+    _, y, p = binarize(y_true, y_pred, threshold, name)
+    counts = {"tp": y * p, "fp": (1.0 - y) * p, "fn": y * (1.0 - p), "tn": (1.0 - y) * (1.0 - p)}
+    num = region_sum(counts[numerator], False)
+    den = num + region_sum(counts[denominator], False)
+    if empty == "one":
+        return ratio_or_one(num, den)
+    return ops.where(den > 0, num / ops.where(den > 0, den, 1.0), float("nan"))
+
+
+def sensitivity(y_true, y_pred, threshold=0.5, empty="one"):
+    """Sensitivity (recall, true positive rate) per sample and channel.
+
+    `TP / (TP + FN)` of `P' = 1[P > threshold]`; where the ground truth is
+    empty, 1 (`empty="one"`) or NaN (`"nan"`, MONAI's
+    `ConfusionMatrixMetric("sensitivity")`).
+
+    Args:
+        y_true: labels `(batch, *spatial, C)`, possibly packed with maps.
+        y_pred: predictions of the same shape, binarized at `threshold`.
+        threshold: float in [0, 1]. Defaults to `0.5`.
+        empty: `"one"` or `"nan"`. Defaults to `"one"`.
+
+    Returns:
+        float32 tensor of shape `(batch, C)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[1.0], [1.0], [0.0]]]); p = np.array([[[0.9], [0.2], [0.7]]])
+    >>> float(np.asarray(sensitivity(y, p))[0, 0])
+    0.5
+    """
+    return _confusion_ratio(y_true, y_pred, threshold, empty, "sensitivity", "tp", "fn")
+
+
+def specificity(y_true, y_pred, threshold=0.5, empty="one"):
+    """Specificity (true negative rate) per sample and channel.
+
+    `TN / (TN + FP)` of `P' = 1[P > threshold]`; where the ground truth is
+    everywhere foreground, 1 (`empty="one"`) or NaN (`"nan"`, MONAI's
+    `ConfusionMatrixMetric("specificity")`). Arguments and result as
+    `sensitivity`.
+    """
+    return _confusion_ratio(y_true, y_pred, threshold, empty, "specificity", "tn", "fp")
+
+
+def precision(y_true, y_pred, threshold=0.5, empty="one"):
+    """Precision (positive predictive value) per sample and channel.
+
+    `TP / (TP + FP)` of `P' = 1[P > threshold]`; where the binarized
+    prediction is empty, 1 (`empty="one"`) or NaN (`"nan"`, MONAI's
+    `ConfusionMatrixMetric("precision")`). Arguments and result as
+    `sensitivity`.
+    """
+    return _confusion_ratio(y_true, y_pred, threshold, empty, "precision", "tp", "fp")

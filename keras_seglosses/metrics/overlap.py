@@ -1,10 +1,16 @@
-"""Keras metrics of the RPDL paper: Dice and RPD [000, Eq. 5-6]."""
+"""Keras metrics of overlap: the RPDL paper's Dice and RPD [000, Eq. 5-6]
+and the confusion-matrix rates (sensitivity, specificity, precision)."""
 
-from keras_seglosses._core import check_map_index, check_number, register_metric
+from keras_seglosses._core import (
+    check_choice,
+    check_map_index,
+    check_number,
+    register_metric,
+)
 from keras_seglosses.metrics import functional
 from keras_seglosses.metrics._common import SegMetric
 
-__all__ = ["Dice", "RPD"]
+__all__ = ["Dice", "RPD", "Sensitivity", "Specificity", "Precision"]
 
 
 @register_metric
@@ -90,3 +96,66 @@ class RPD(SegMetric):
             map_index=check_map_index(map_index, allow_none=False),
         )
 
+
+
+class _ConfusionRate(SegMetric):
+    """A rate of the confusion matrix of binarized predictions, per sample
+    and channel, averaged (MONAI's `ConfusionMatrixMetric` with
+    `compute_sample=True`).
+
+    Args:
+        threshold: float in [0, 1], the binarization threshold. Defaults to
+            `0.5`.
+        empty: where the rate is undefined (a zero denominator): `"one"`
+            counts it as 1, `"nan"` leaves it out of the mean (counted in
+            the variable `excluded`), as MONAI's NaN. Defaults to `"one"`.
+        name, dtype: as `keras.metrics.Metric`.
+    """
+
+    _direction = "up"
+
+    def __init__(self, threshold=0.5, empty="one", name=None, dtype=None):
+        super().__init__(
+            type(self)._function, name=name or type(self)._default_name, dtype=dtype,
+            threshold=float(check_number("threshold", threshold, low=0, high=1)),
+            empty=check_choice("empty", empty, functional.EMPTY_MODES),
+        )
+
+
+@register_metric
+class Sensitivity(_ConfusionRate):
+    """Sensitivity `TP / (TP + FN)` of binarized predictions, mean over
+    channels and samples; undefined (no ground truth) counts as 1 or, with
+    `empty="nan"`, is left out. Arguments as `_ConfusionRate`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> m = Sensitivity()
+    >>> m.update_state(np.array([[[1.0], [1.0]]]), np.array([[[0.8], [0.3]]]))
+    >>> float(m.result())
+    0.5
+    """
+
+    _function = staticmethod(functional.sensitivity)
+    _default_name = "sensitivity"
+
+
+@register_metric
+class Specificity(_ConfusionRate):
+    """Specificity `TN / (TN + FP)` of binarized predictions, mean over
+    channels and samples; undefined (no background) counts as 1 or, with
+    `empty="nan"`, is left out. Arguments as `_ConfusionRate`."""
+
+    _function = staticmethod(functional.specificity)
+    _default_name = "specificity"
+
+
+@register_metric
+class Precision(_ConfusionRate):
+    """Precision `TP / (TP + FP)` of binarized predictions, mean over
+    channels and samples; undefined (empty prediction) counts as 1 or, with
+    `empty="nan"`, is left out. Arguments as `_ConfusionRate`."""
+
+    _function = staticmethod(functional.precision)
+    _default_name = "precision"

@@ -12,7 +12,8 @@ import keras_seglosses as ks
 
 # What the metric measures decides the direction: overlaps are maximized,
 # distances minimized.
-EXPECTED = {"Dice": "up", "RPD": "up", "NSD": "up", "HD95": "down", "ASD": "down"}
+EXPECTED = {"Dice": "up", "RPD": "up", "NSD": "up", "HD95": "down", "ASD": "down",
+            "Sensitivity": "up", "Specificity": "up", "Precision": "up"}
 
 
 def _metric_classes():

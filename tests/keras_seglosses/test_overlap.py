@@ -122,3 +122,81 @@ def test_metric_serializes_in_a_saved_model(tmp_path):
     x = np.ones((1, 4, 4, 1), "float32")
     y = ks.pack_targets(np.ones((1, 4, 4, 1)), np.ones((1, 4, 4, 1)))
     np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6)
+
+
+# ------------------------------------------------- confusion-matrix rates
+RATES = {"sensitivity": ("tp", "fn"), "specificity": ("tn", "fp"), "precision": ("tp", "fp")}
+
+
+def np_rate(y, p, name):
+    """The rate from the confusion counts of `P' = 1[p > 0.5]`, per sample
+    and channel; NaN where the denominator is 0."""
+    pb = (p > 0.5).astype(float)
+    axes = tuple(range(1, y.ndim - 1))
+    counts = {"tp": (y * pb).sum(axes), "fp": ((1 - y) * pb).sum(axes),
+              "fn": (y * (1 - pb)).sum(axes), "tn": ((1 - y) * (1 - pb)).sum(axes)}
+    num, other = (counts[k] for k in RATES[name])
+    with np.errstate(invalid="ignore"):
+        return np.where(num + other > 0, num / (num + other), np.nan)
+
+
+def _rate_case(rng, shape=(4, 6, 7, 3)):
+    y = (rng.random(shape) > 0.6).astype("float32")
+    p = rng.random(shape).astype("float32")
+    y[0, ..., 0] = 0.0  # no ground truth: sensitivity undefined
+    y[1, ..., 1] = 1.0  # no background: specificity undefined
+    p[2, ..., 2] = 0.1  # empty prediction: precision undefined
+    return y, p
+
+
+@pytest.mark.parametrize("name", sorted(RATES))
+def test_confusion_rates_match_monai_and_the_counts(rng, name):
+    import torch
+    from monai.metrics import ConfusionMatrixMetric
+
+    y, p = _rate_case(rng)
+    expected = np_rate(y, p, name)
+    assert np.isnan(expected).any()
+    fn = getattr(F, name)
+    np.testing.assert_allclose(np.asarray(fn(y, p, empty="nan")), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(fn(y, p)), np.where(np.isnan(expected), 1, expected),
+                               rtol=1e-6)
+    monai = ConfusionMatrixMetric(include_background=True, metric_name=name,
+                                  compute_sample=True, reduction="none")
+    to_torch = lambda a: torch.from_numpy(np.moveaxis(a, -1, 1).copy())  # noqa: E731
+    monai(to_torch((p > 0.5).astype("float32")), to_torch(y))
+    theirs = monai.aggregate()[0].numpy()
+    np.testing.assert_allclose(np.asarray(fn(y, p, empty="nan")), theirs, rtol=1e-6)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("name", sorted(RATES))
+def test_confusion_rate_metrics_skip_undefined_values_when_asked(rng, jit, name):
+    y, p = _rate_case(rng)
+    expected = np_rate(y, p, name)
+    cls = getattr(ks.metrics, name.capitalize())
+    plain = cls()
+    plain.update_state(y, p)
+    assert float(plain.result()) == pytest.approx(
+        np.where(np.isnan(expected), 1, expected).mean(-1).mean(), rel=1e-5)
+    skipping = cls(empty="nan")
+    # the compiled path of fit: a stateless update under jit
+    update = jit(lambda vs, a, b: skipping.stateless_update_state(vs, a, b))
+    for v, new in zip(skipping.variables, update([v.value for v in skipping.variables], y, p)):
+        v.assign(new)
+    per_sample = np.nanmean(expected, axis=-1)
+    assert float(skipping.result()) == pytest.approx(np.nanmean(per_sample), rel=1e-5)
+    assert float(skipping.excluded) == np.isnan(expected).sum()
+    skipping.reset_state()
+    assert float(skipping.excluded) == 0.0
+    again = keras.metrics.deserialize(keras.metrics.serialize(skipping))
+    assert (type(again), again.empty, again.threshold) == (cls, "nan", 0.5)
+
+
+def test_confusion_rate_arguments_are_checked():
+    with pytest.raises(ValueError, match="`empty`"):
+        ks.metrics.Sensitivity(empty="zero")
+    with pytest.raises(ValueError, match="`threshold`"):
+        ks.metrics.Precision(threshold=2.0)
+    with pytest.raises(ValueError, match="`empty`"):
+        F.specificity(np.zeros((1, 2, 1)), np.zeros((1, 2, 1)), empty="skip")
