@@ -163,13 +163,18 @@ def _convergence(study_dir, runs):
         val = [_float(r.get("val_loss")) for r in rows]
         train = [_float(r.get("loss")) for r in rows]
         q = max(1, len(val) // 4)
-        ref = val[-q - 1] if len(val) > q else val[0]
+
+        def change(series):
+            ref = series[-q - 1] if len(series) > q else series[0]
+            return (series[-1] - ref) / abs(ref) if ref else math.nan
+
         out[run] = {
             "epochs": len(rows),
             "best_epoch": int(np.nanargmin(val)) + 1,
             "val_loss": val[-1],
             "loss": train[-1],
-            "val_change": (val[-1] - ref) / abs(ref) if ref else math.nan,
+            "val_change": change(val),
+            "loss_change": change(train),
         }
     return out
 
@@ -262,8 +267,8 @@ def _experiment_sections(settings, study_dir, runs, cases, baselines, model, exp
             row.append(_pm(*stats.mean_std(vals)) + (f" (n={len(vals)})" if len(vals) > 1
                                                      else ""))
         if exp == "bone" and model == "unet":
-            row += [PAPER_UNET_BONES[lo][fold - 1] if lo in PAPER_UNET_BONES
-                    and fold <= 9 else "" for lo in ("dl", "rpdl")]
+            row += [f"{PAPER_UNET_BONES[lo][fold - 1]:.3f}" if fold <= 9 else ""
+                    for lo in ("dl", "rpdl")]
         rows.append(row)
     head = [unit] + [f"{lo} Dice" for lo in losses]
     if exp == "bone" and model == "unet":
@@ -308,17 +313,20 @@ def _convergence_section(settings, conv):
             if not c:
                 continue
             change = np.asarray([v["val_change"] for v in c])
+            train = np.asarray([v["loss_change"] for v in c])
             rows.append([exp, loss, len(c), f"{np.median([v['best_epoch'] for v in c]):.0f} of "
                          f"{c[0]['epochs']}",
+                         f"{np.median(train) * 100:+.1f} %",
                          f"{np.median(change) * 100:+.1f} %",
                          f"{np.mean(np.abs(change) < 0.05) * 100:.0f} %"])
     return ["## Convergence", "",
             "Per loss: the median epoch of the lowest validation loss, the median relative "
-            "change of the validation loss over the last quarter of the epochs, and the share "
-            "of runs whose validation loss moved by less than 5 % over that quarter "
-            "(curves: study_curves.png).", "",
+            "change of the training and of the validation loss over the last quarter of the "
+            "epochs, and the share of runs whose validation loss moved by less than 5 % over "
+            "that quarter (curves: study_curves.png).", "",
             _table(["Experiment", "Loss", "runs", "best epoch (median)",
-                    "val loss change, last quarter", "runs within 5 %"], rows)]
+                    "train loss change, last quarter", "val loss change, last quarter",
+                    "runs within 5 %"], rows)]
 
 
 def write_report(settings, study_dir, runs, data, command="", log=None):
