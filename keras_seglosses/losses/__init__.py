@@ -66,8 +66,20 @@ from keras_seglosses.losses.region import (
     sensitivity_specificity,
     tversky,
 )
+from keras_seglosses.losses.topology import (
+    DiceClDice,
+    SoftClDice,
+    dice_cl_dice,
+    soft_cl_dice,
+    soft_skeleton,
+)
 
 __all__ = [
+    "SoftClDice",
+    "DiceClDice",
+    "soft_cl_dice",
+    "dice_cl_dice",
+    "soft_skeleton",
     "WeightedBinaryCrossentropy",
     "Dice",
     "RewardPenaltyDice",
