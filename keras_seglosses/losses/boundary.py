@@ -62,7 +62,7 @@ def boundary(
 
 def hausdorff_dt(
     y_true, y_pred, *, alpha=2.0, from_logits=False, include_background=False,
-    map_index=None, spacing=None,
+    map_index=None, spacing=None, log=False,
 ):
     """Per-sample distance-transform Hausdorff loss [004, Eq. 21].
 
@@ -70,7 +70,8 @@ def hausdorff_dt(
     `d_X` the distance to the other side of X's boundary
     (`boundary_distance`; 0 for an empty mask), S the prediction thresholded
     at 0.5; `d_G` is computed when `map_index` is None, else read from packed
-    map slot `map_index`. The mean over classes.
+    map slot `map_index`. The mean over classes; with `log`, `log(1 + HD)`
+    of that mean.
 
     Returns:
         Tensor of shape `(batch,)`.
@@ -84,7 +85,8 @@ def hausdorff_dt(
     d_s = boundary_distance(ops.stop_gradient(s), spacing)
     weight = ops.power(d_g, alpha) + ops.power(d_s, alpha)
     per_class = ops.mean(ops.square(s - g) * weight, axis=spatial_axes(s))
-    return per_sample(per_class, s, False, include_background)
+    value = per_sample(per_class, s, False, include_background)
+    return ops.log1p(value) if log else value
 
 
 # -------------------------------------------------------------------- classes
@@ -169,6 +171,12 @@ class HausdorffDT(SegLoss):
             holds it (map kind `"distance"`). Defaults to `None`.
         spacing: voxel size (a number or one per spatial axis) for computed
             maps. Defaults to `None` (1).
+        log: bool, return `log(1 + HD)` per sample, which tames the large
+            early values of the squared distances (MONAI's
+            `LogHausdorffDTLoss`, which takes the log after its reduction:
+            the same for one sample, or with `reduction="none"`; over a
+            batch MONAI gives the log of the mean, this the mean of the
+            logs). Defaults to `False`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -187,7 +195,7 @@ class HausdorffDT(SegLoss):
     map_kind = "distance"
 
     def __init__(self, alpha=2.0, from_logits=False, include_background=False,
-                 map_index=None, spacing=None, reduction="sum_over_batch_size",
+                 map_index=None, spacing=None, log=False, reduction="sum_over_batch_size",
                  name="hausdorff_dt", dtype=None):
         super().__init__(
             hausdorff_dt,
@@ -199,4 +207,5 @@ class HausdorffDT(SegLoss):
             include_background=bool(include_background),
             map_index=check_map_index(map_index),
             spacing=spacing_argument(spacing),
+            log=bool(log),
         )

@@ -151,12 +151,35 @@ def test_hausdorff_agrees_with_monai(bg, rng):
             theirs = theirs.reshape(theirs.shape[0], theirs.shape[1]).mean(1)
             ours = ks.HausdorffDT(alpha=alpha, include_background=bg).call(y, p)
             np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), theirs, rtol=1e-5)
+            # log=True is log(1 + HD) per sample: the log of the mean over classes
+            logged = ks.HausdorffDT(alpha=alpha, include_background=bg, log=True).call(y, p)
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(logged), np.log1p(theirs),
+                                       rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:single channel prediction:UserWarning")
+def test_log_hausdorff_agrees_with_monai_per_sample(rng):
+    import torch
+    from monai.losses import LogHausdorffDTLoss
+
+    to = lambda a: torch.tensor(np.moveaxis(a, -1, 1), dtype=torch.float32)  # noqa: E731
+    for kind in KINDS:
+        y, p, _ = make(rng, kind)
+        if y.shape[-1] > 1:
+            continue  # MONAI logs each class; ours logs the mean over classes
+        theirs = LogHausdorffDTLoss(include_background=True, reduction="none")(to(p), to(y))
+        ours = ks.HausdorffDT(include_background=True, log=True).call(y, p)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours),
+                                   theirs.numpy().reshape(len(y)), rtol=1e-5)
+        one = LogHausdorffDTLoss(include_background=True)(to(p[:1]), to(y[:1]))
+        np.testing.assert_allclose(float(ks.HausdorffDT(log=True)(y[:1], p[:1])), float(one),
+                                   rtol=1e-5)
 
 
 @pytest.mark.parametrize(
     "loss",
     [ks.Boundary(include_background=True, map_index=1, spacing=[1.0, 2.0]),
-     ks.HausdorffDT(alpha=1.5, from_logits=True, spacing=0.5)],
+     ks.HausdorffDT(alpha=1.5, from_logits=True, spacing=0.5, log=True)],
     ids=lambda l: l.name,
 )
 def test_config_round_trip(loss, rng):
