@@ -52,6 +52,7 @@ from keras_seglosses.losses.region import (
     AsymmetricSimilarity,
     FocalTversky,
     GeneralizedDice,
+    GeneralizedWassersteinDice,
     IoU,
     Lovasz,
     PenaltyGeneralizedDice,
@@ -60,6 +61,7 @@ from keras_seglosses.losses.region import (
     asymmetric_similarity,
     focal_tversky,
     generalized_dice,
+    generalized_wasserstein_dice,
     iou,
     lovasz,
     penalty_generalized_dice,
@@ -75,6 +77,8 @@ from keras_seglosses.losses.topology import (
 )
 
 __all__ = [
+    "GeneralizedWassersteinDice",
+    "generalized_wasserstein_dice",
     "SoftClDice",
     "DiceClDice",
     "soft_cl_dice",

@@ -34,6 +34,7 @@ __all__ = [
     "asymmetric_similarity",
     "generalized_dice",
     "penalty_generalized_dice",
+    "generalized_wasserstein_dice",
     "SensitivitySpecificity",
     "IoU",
     "Lovasz",
@@ -42,6 +43,7 @@ __all__ = [
     "AsymmetricSimilarity",
     "GeneralizedDice",
     "PenaltyGeneralizedDice",
+    "GeneralizedWassersteinDice",
 ]
 
 
@@ -244,6 +246,58 @@ def penalty_generalized_dice(
     )
     return _repeat(1.0 - gd / (1.0 + k * (1.0 - gd)), s, batch)
 
+
+
+#: `weighting` of the generalized Wasserstein Dice: Fidon et al.'s (every
+#: foreground class 1, the background 0) or the generalized Dice's
+#: (`1 / (V_c + 1)`, V_c the class's ground-truth volume).
+GWD_WEIGHTINGS = ("default", "gdl")
+
+
+def _two_classes(x):
+    """One sigmoid channel as the two classes (background, foreground)."""
+    return ops.concatenate([1.0 - x, x], axis=-1) if x.shape[-1] == 1 else x
+
+
+def generalized_wasserstein_dice(y_true, y_pred, *, distance_matrix, weighting="default",
+                                 smooth=1e-5, from_logits=False):
+    """Per-sample generalized Wasserstein Dice loss (Fidon et al. 2017).
+
+    With `W_i = sum_{k,l} g_ik M_kl p_il` the Wasserstein distance between
+    the label and the prediction at voxel i under the class distance matrix
+    M (Eq. 6), `a_i = sum_k g_ik alpha_k` and `TP = sum_i a_i (1 - W_i)`:
+    `1 - (2 TP + e) / (2 TP + sum_i W_i + e)` (`weighting="default"`,
+    alpha = (0, 1, ..., 1), Eq. 9) or `1 - (2 TP + e) / (sum_i a_i (2 -
+    W_i) + e)` with `alpha_k = 1 / (V_k + 1)` (`"gdl"`).
+
+    Returns:
+        Tensor of shape `(batch,)`.
+    """
+    _, g, p = prepare(y_true, y_pred, from_logits, "GeneralizedWassersteinDice")
+    g, p = _two_classes(g), _two_classes(p)
+    c = p.shape[-1]
+    m = ops.convert_to_tensor(distance_matrix, "float32")
+    if tuple(m.shape) != (c, c):
+        sigmoid = " (one sigmoid channel: background and foreground)" if c == 2 else ""
+        raise ValueError(
+            f"GeneralizedWassersteinDice: `distance_matrix` is {tuple(m.shape)}, the "
+            f"prediction has {c} classes{sigmoid}; expected ({c}, {c})."
+        )
+    batch = ops.shape(p)[0]
+    g = ops.reshape(g, (batch, -1, c))
+    p = ops.reshape(p, (batch, -1, c))
+    w = ops.sum(ops.matmul(g, m) * p, axis=-1)
+    if weighting == "gdl":
+        alpha = 1.0 / (ops.sum(g, axis=1) + 1.0)
+    else:
+        alpha = ops.broadcast_to(ops.convert_to_tensor([0.0] + [1.0] * (c - 1)), (batch, c))
+    a = ops.sum(g * alpha[:, None, :], axis=-1)
+    tp = ops.sum(a * (1.0 - w), axis=-1)
+    if weighting == "gdl":
+        denominator = ops.sum(a * (2.0 - w), axis=-1)
+    else:
+        denominator = 2.0 * tp + ops.sum(w, axis=-1)
+    return 1.0 - (2.0 * tp + smooth) / (denominator + smooth)
 
 def _lovasz_flat(errors, fg):
     """Lovasz extension of the Jaccard loss along the last axis [004, Eq. 13].
@@ -700,3 +754,77 @@ class PenaltyGeneralizedDice(_RegionLoss):
             weighting=check_choice("weighting", weighting, GD_WEIGHTINGS),
         )
 
+
+def _distance_matrix(value):
+    import numpy as np
+
+    try:
+        m = np.asarray(value, dtype="float64")
+    except (TypeError, ValueError):
+        m = None
+    if m is None or m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 2:
+        raise ValueError("Invalid value for argument `distance_matrix`. Expected a square "
+                         "matrix of at least 2 x 2 class distances. Received: "
+                         f"distance_matrix={value!r}")
+    if not np.all(np.isfinite(m)) or np.any(m < 0) or np.any(np.diag(m) != 0):
+        raise ValueError("Invalid value for argument `distance_matrix`. Expected finite, "
+                         "non-negative distances with a zero diagonal. Received: "
+                         f"distance_matrix={m.tolist()!r}")
+    return m.tolist()
+
+
+@register
+class GeneralizedWassersteinDice(SegLoss):
+    """Generalized Wasserstein Dice loss (Fidon et al., BrainLes 2017).
+
+    A Dice loss in which a voxel's error is the Wasserstein distance between
+    its label and its predicted class distribution under a matrix of class
+    distances M, so confusing two related classes (tumour core and
+    enhancing tumour) costs less than confusing one with the background:
+    `W_i = sum_{k,l} g_ik M_kl p_il`, `TP = sum_i a_i (1 - W_i)` with
+    `a_i` the weight of voxel i's class, and
+    `L = 1 - (2 TP + e) / (2 TP + sum_i W_i + e)`. With M = 1 - I and
+    binary labels this is a Dice loss over the foreground classes. One
+    sigmoid channel counts as the two classes (background, foreground).
+
+    Args:
+        distance_matrix: `(C, C)` class distances (finite, >= 0, zero
+            diagonal), C the classes of the prediction (2 for one sigmoid
+            channel), class 0 the background.
+        weighting: `"default"` (Fidon et al.: every foreground class 1,
+            background 0) or `"gdl"` (`1 / (V_c + 1)`, V_c the class's
+            ground-truth volume in the sample), MONAI's `weighting_mode`.
+            Defaults to `"default"`.
+        smooth: float >= 0 added to numerator and denominator. Defaults to
+            `1e-5`.
+        from_logits: bool; softmax (sigmoid for one channel). MONAI's
+            `GeneralizedWassersteinDiceLoss` always applies a softmax: pass
+            logits with `from_logits=True` to compare. Defaults to `False`.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    >>> m = [[0, 1, 1], [1, 0, 0.5], [1, 0.5, 0]]
+    >>> round(float(GeneralizedWassersteinDice(m)(y, y)), 4)
+    0.0
+
+    Reference:
+        Fidon et al., "Generalised Wasserstein Dice Score for Imbalanced
+        Multi-class Segmentation using Holistic Convolutional Networks",
+        BrainLes 2017, Eq. 6 and 9.
+    """
+
+    def __init__(self, distance_matrix, weighting="default", smooth=1e-5, from_logits=False,
+                 reduction="sum_over_batch_size", name="generalized_wasserstein_dice",
+                 dtype=None):
+        super().__init__(
+            generalized_wasserstein_dice, reduction=reduction, name=name, dtype=dtype,
+            distance_matrix=_distance_matrix(distance_matrix),
+            weighting=check_choice("weighting", weighting, GWD_WEIGHTINGS),
+            smooth=float(check_number("smooth", smooth, low=0)),
+            from_logits=bool(from_logits),
+        )

@@ -404,3 +404,99 @@ def test_soft_label_agrees_with_monai(batch, rng):
     for ours, theirs in pairs:
         np.testing.assert_allclose(float(ours(y, p)), float(theirs(*_monai_inputs(y, p))),
                                    rtol=1e-5, err_msg=type(ours).__name__)
+
+
+# ------------------------------------------- generalized Wasserstein Dice
+GWD_MATRIX = np.array([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.6, 0.3], [1.0, 0.6, 0.0, 0.5],
+                       [1.0, 0.3, 0.5, 0.0]])
+
+
+def np_gwd(y, p, m, weighting="default", smooth=1e-5):
+    """Fidon et al. Eq. 6 and 9, voxel by voxel, from one-hot labels."""
+    out = []
+    for g, q in zip(y.reshape(len(y), -1, y.shape[-1]), p.reshape(len(p), -1, p.shape[-1])):
+        labels = g.argmax(-1)
+        w = np.array([sum(m[k, l] * q[i, l] for l in range(m.shape[0]))
+                      for i, k in enumerate(labels)])
+        if weighting == "gdl":
+            alpha = 1.0 / (np.bincount(labels, minlength=m.shape[0]) + 1.0)
+        else:
+            alpha = np.r_[0.0, np.ones(m.shape[0] - 1)]
+        a = alpha[labels]
+        tp = (a * (1 - w)).sum()
+        den = (a * (2 - w)).sum() if weighting == "gdl" else 2 * tp + w.sum()
+        out.append(1 - (2 * tp + smooth) / (den + smooth))
+    return np.array(out)
+
+
+def _gwd_case(rng, shape=(2, 5, 6, 4)):
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    y = np.eye(shape[-1])[labels]
+    logits = rng.normal(size=shape)
+    return y, logits
+
+
+@pytest.mark.parametrize("weighting", ["default", "gdl"])
+def test_generalized_wasserstein_dice_matches_equation_and_monai(weighting, rng):
+    import torch
+    from monai.losses import GeneralizedWassersteinDiceLoss
+
+    y, logits = _gwd_case(rng)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    loss = ks.GeneralizedWassersteinDice(GWD_MATRIX, weighting=weighting, from_logits=True)
+    ours = keras.ops.convert_to_numpy(loss.call(y.astype("f4"), logits.astype("f4")))
+    np.testing.assert_allclose(ours, np_gwd(y, p, GWD_MATRIX, weighting), rtol=1e-5)
+    theirs = GeneralizedWassersteinDiceLoss(GWD_MATRIX, weighting_mode=weighting.upper()
+                                            if weighting == "gdl" else weighting,
+                                            reduction="none")
+    t_logits = torch.from_numpy(np.moveaxis(logits, -1, 1).astype("f4").copy())
+    t_labels = torch.from_numpy(y.argmax(-1)[:, None])
+    np.testing.assert_allclose(ours, theirs(t_logits, t_labels).numpy(), rtol=1e-5)
+
+
+def test_generalized_wasserstein_dice_one_sigmoid_channel_is_two_classes(rng):
+    import torch
+    from monai.losses import GeneralizedWassersteinDiceLoss
+
+    z = rng.normal(size=(3, 7, 6, 1)).astype("f4")
+    y = (rng.random((3, 7, 6, 1)) > 0.7).astype("f4")
+    m = [[0.0, 1.0], [1.0, 0.0]]
+    ours = ks.GeneralizedWassersteinDice(m, from_logits=True).call(y, z)
+    # softmax of (0, z) is (1 - sigmoid z, sigmoid z)
+    t_logits = torch.from_numpy(np.concatenate([np.zeros_like(z), z], -1).transpose(0, 3, 1, 2))
+    theirs = GeneralizedWassersteinDiceLoss(np.array(m), reduction="none")(
+        t_logits, torch.from_numpy(y.astype("int64").transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), theirs.numpy(), rtol=1e-5)
+    # with M = 1 - I the loss is the soft Dice loss of the foreground
+    s = 1 / (1 + np.exp(-z.astype("f8")))
+    axes = (1, 2, 3)
+    dice = 1 - (2 * (y * s).sum(axes) + 1e-5) / ((y + s).sum(axes) + 1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), dice, rtol=1e-5)
+
+
+@pytest.mark.backends
+def test_generalized_wasserstein_dice_compiled_value_and_gradient(rng, jit, autodiff):
+    y, logits = _gwd_case(rng, (2, 4, 3, 3, 4))
+    p = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))
+    loss = ks.GeneralizedWassersteinDice(GWD_MATRIX, weighting="gdl")
+    y32, p32 = y.astype("f4"), p.astype("f4")
+    value = keras.ops.convert_to_numpy(jit(loss.call)(y32, p32))
+    np.testing.assert_allclose(value, np_gwd(y, p, GWD_MATRIX, "gdl"), rtol=1e-5)
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(y32, x)))(p32)
+    points = rng.choice(p.size, 12, replace=False)
+    expected = numeric_gradient(lambda x: np_gwd(y, x, GWD_MATRIX, "gdl"), p, points)
+    np.testing.assert_allclose(grad.ravel()[points], expected, rtol=2e-3, atol=2e-5)
+
+
+def test_generalized_wasserstein_dice_config_and_bad_matrices():
+    loss = ks.GeneralizedWassersteinDice(GWD_MATRIX, weighting="gdl", smooth=1e-3)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(again) is ks.GeneralizedWassersteinDice
+    assert again.distance_matrix == GWD_MATRIX.tolist() and again.weighting == "gdl"
+    for bad in ([[0, 1]], [[1, 1], [1, 0]], [[0, -1], [1, 0]], "matrix", [[0.0]]):
+        with pytest.raises(ValueError, match="`distance_matrix`"):
+            ks.GeneralizedWassersteinDice(bad)
+    with pytest.raises(ValueError, match="`weighting`"):
+        ks.GeneralizedWassersteinDice(GWD_MATRIX, weighting="GDL")
+    with pytest.raises(ValueError, match=r"is \(4, 4\), the prediction has 3 classes"):
+        ks.GeneralizedWassersteinDice(GWD_MATRIX)(np.eye(3)[None, None], np.eye(3)[None, None])

@@ -158,6 +158,7 @@ def _public_losses():
 
 _REQUIRED = {
     "WeightedCrossEntropy": {"class_weights": (1.0, 3.0)},
+    "GeneralizedWassersteinDice": {"distance_matrix": [[0.0, 1.0], [1.0, 0.0]]},
     "RegionSpecificDice": {"grid": 4},
     "AdaptiveRegionSpecificTversky": {"grid": 4},
 }
