@@ -325,6 +325,7 @@ def hd95(
     convention="max",
     threshold=0.5,
     empty_value=None,
+    directed=False,
 ):
     """Robust (percentile) Hausdorff distance per sample and channel.
 
@@ -343,7 +344,10 @@ def hd95(
     Percentiles interpolate linearly as `numpy.percentile`, except
     `"surfel"`, which takes the smallest distance whose cumulative area
     fraction reaches `q / 100`. Both masks empty: 0. Exactly one empty:
-    `empty_value`.
+    `empty_value`. `directed=True` keeps one direction only, from the
+    predicted surface to the ground truth, `K^q_{a in P} d(a, G)` (MONAI's
+    `directed=True`; `"surfel"` weights it by area, the other conventions
+    agree on one direction).
 
     Args:
         y_true: labels `(batch, *spatial, C)`, possibly packed with maps.
@@ -357,6 +361,7 @@ def hd95(
         empty_value: value when exactly one mask is empty: a number >= 0,
             `float("inf")`, or `None` for the physical diagonal of the volume
             (norm of shape x spacing). Defaults to `None`.
+        directed: bool, prediction to ground truth only. Defaults to `False`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -379,7 +384,10 @@ def hd95(
     spacing = check_spacing(spacing, len(spatial))
     q = float(percentile)
     values, weights = _directed_sets(gt, pr, spacing, surfel=convention == "surfel")
-    if convention == "pooled":
+    if directed:
+        select = _weighted_percentile if convention == "surfel" else _percentile
+        value = _halves(select(values, weights, q))[1]
+    elif convention == "pooled":
         v_g, v_p = _halves(values)
         w_g, w_p = _halves(weights)
         value = _percentile(ops.concatenate([v_g, v_p], -1), ops.concatenate([w_g, w_p], -1), q)
@@ -442,13 +450,18 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
     return _finish(value, gt, pr, channels, 1.0, 0.0)
 
 
-def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_value=None):
+def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_value=None,
+        directed=False):
     """Average (symmetric) surface distance per sample and channel.
 
     - `"mean"`: `(mean_{a in G} d(a, P) + mean_{a in P} d(a, G)) / 2`
       [003, Eq. 12].
     - `"pooled"`: the mean of both directed sets together (medpy 0.5's
       `assd`, MONAI's `SurfaceDistanceMetric(symmetric=True)`).
+
+    - `directed=True`: `mean_{a in P} d(a, G)`, from the predicted surface
+      to the ground truth only (MONAI's `SurfaceDistanceMetric` default,
+      `symmetric=False`).
 
     Surfaces are boundary voxels. Both masks empty: 0; exactly one empty:
     `empty_value`.
@@ -460,6 +473,7 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
         convention: `"mean"` or `"pooled"`. Defaults to `"mean"`.
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
         empty_value: as in `hd95`. Defaults to `None` (volume diagonal).
+        directed: bool, prediction to ground truth only. Defaults to `False`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -481,7 +495,9 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
     values, weights = _directed_sets(gt, pr, spacing)
     s_g, s_p = _halves(_masked_sum(values, weights))
     n_g, n_p = _halves(ops.sum(weights, axis=-1))
-    if convention == "pooled":
+    if directed:
+        value = s_p / ops.where(n_p > 0, n_p, 1.0)
+    elif convention == "pooled":
         total = n_g + n_p
         value = (s_g + s_p) / ops.where(total > 0, total, 1.0)
     else:

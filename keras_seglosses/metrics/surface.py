@@ -29,6 +29,8 @@ class HD95(SegMetric):
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
         empty_value: finite number >= 0, or `None` for the volume diagonal.
             Defaults to `None`.
+        directed: bool, only the distances from the predicted surface to
+            the ground truth (MONAI's `directed=True`). Defaults to `False`.
         name: str, the metric's name. Defaults to `"hd95"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -56,6 +58,7 @@ class HD95(SegMetric):
         convention="max",
         threshold=0.5,
         empty_value=None,
+        directed=False,
         name="hd95",
         dtype=None,
     ):
@@ -71,6 +74,7 @@ class HD95(SegMetric):
             convention=convention,
             threshold=float(threshold),
             empty_value=sf.check_empty_value(empty_value, finite=True),
+            directed=bool(directed),
         )
 
 
@@ -141,6 +145,9 @@ class ASD(SegMetric):
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
         empty_value: finite number >= 0, or `None` for the volume diagonal.
             Defaults to `None`.
+        directed: bool, only the distances from the predicted surface to
+            the ground truth (MONAI's `SurfaceDistanceMetric` default).
+            Defaults to `False`.
         name: str, the metric's name. Defaults to `"asd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -162,7 +169,8 @@ class ASD(SegMetric):
     _direction = "down"
 
     def __init__(
-        self, spacing=None, convention="mean", threshold=0.5, empty_value=None, name="asd", dtype=None
+        self, spacing=None, convention="mean", threshold=0.5, empty_value=None, directed=False,
+        name="asd", dtype=None
     ):
         check_choice("convention", convention, sf.ASD_CONVENTIONS)
         check_number("threshold", threshold, low=0, high=1)
@@ -174,4 +182,5 @@ class ASD(SegMetric):
             convention=convention,
             threshold=float(threshold),
             empty_value=sf.check_empty_value(empty_value, finite=True),
+            directed=bool(directed),
         )

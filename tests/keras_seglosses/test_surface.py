@@ -62,6 +62,7 @@ def monai(gt, pr, spacing, tolerance, percentile):
         warnings.simplefilter("ignore")
         nsd = SurfaceDiceMetric([tolerance], include_background=True)(t(pr), t(gt), spacing=spacing)
         asd = SurfaceDistanceMetric(include_background=True, symmetric=True)(t(pr), t(gt), spacing=spacing)
+        asd_pg = SurfaceDistanceMetric(include_background=True)(t(pr), t(gt), spacing=spacing)
         # directed=True: from the surface of y_pred (first) to that of y.
         return {
             "hd": hd(pr, gt, False),
@@ -69,6 +70,7 @@ def monai(gt, pr, spacing, tolerance, percentile):
             "hd_pg": hd(pr, gt, True),
             "nsd": nsd.item(),
             "asd": asd.item(),
+            "asd_pg": asd_pg.item(),
         }
 
 
@@ -89,6 +91,8 @@ def references(g, p, spacing, tol, q=95):
             medpy_binary.asd(g, p, voxelspacing=spacing) + medpy_binary.asd(p, g, voxelspacing=spacing)
         ),
         "asd pooled (medpy)": medpy_binary.assd(p, g, voxelspacing=spacing),
+        "hd directed (MONAI)": m["hd_pg"],
+        "asd directed (MONAI)": m["asd_pg"],
     }
 
 
@@ -97,11 +101,14 @@ def ours(y, p, spacing, tol):
         [functional.hd95(y, p, spacing, convention=c) for c in ("max", "pooled", "mean", "surfel")]
         + [functional.nsd(y, p, tol, spacing, convention=c) for c in ("voxel", "surfel")]
         + [functional.asd(y, p, spacing, convention=c) for c in ("mean", "pooled")]
+        + [functional.hd95(y, p, spacing, directed=True),
+           functional.asd(y, p, spacing, directed=True)]
     )
     keys = [
         "hd max (MONAI)", "hd pooled (medpy)", "hd mean [003:13] (MONAI directed)",
         "hd surfel (DeepMind)", "nsd voxel (MONAI)", "nsd surfel (DeepMind)",
-        "asd mean [003:12] (medpy directed)", "asd pooled (medpy)",
+        "asd mean [003:12] (medpy directed)", "asd pooled (medpy)", "hd directed (MONAI)",
+        "asd directed (MONAI)",
     ]
     return dict(zip(keys, values))
 
@@ -295,6 +302,8 @@ def test_bad_input_names_argument():
     (HD95, dict(spacing=(1.0, 2.0, 1.5), percentile=90, convention="pooled", empty_value=7.0)),
     (NSD, dict(tolerance=2.0, spacing=(1.0, 2.0, 1.5), convention="surfel")),
     (ASD, dict(spacing=2.0, convention="pooled")),
+    (HD95, dict(spacing=(1.0, 2.0, 1.5), directed=True)),
+    (ASD, dict(spacing=2.0, directed=True)),
 ])
 def test_config_round_trip(rng, cls, kwargs):
     metric = cls(**kwargs)
