@@ -11,7 +11,29 @@ from keras import ops
 from keras_seglosses._core import split_targets
 from keras_seglosses.targets import MapRead
 
-__all__ = ["binarize", "ratio_or_one", "SegMetric"]
+__all__ = ["binarize", "ratio_or_one", "SegMetric", "EMPTY_MODES", "check_empty", "undefined"]
+
+#: The `empty` argument of every metric: `"score"` scores cases with an
+#: empty mask by the package's rules (both empty is perfect; see each
+#: metric), `"nan"` makes them NaN so that means leave them out (MONAI's
+#: `ignore_empty` / NaN results), counted by the Keras metrics in `excluded`.
+EMPTY_MODES = ("score", "nan")
+
+
+def check_empty(empty):
+    if empty not in EMPTY_MODES:
+        raise ValueError(
+            f"Invalid value for argument `empty`. Expected one of {list(EMPTY_MODES)}. "
+            f"Received: empty={empty!r}"
+        )
+    return empty
+
+
+def undefined(value, where, empty):
+    """`value`, with NaN where `where` holds when `empty="nan"`."""
+    if empty == "nan":
+        return ops.where(where, float("nan"), value)
+    return value
 
 
 def binarize(y_true, y_pred, threshold=0.5, name="metric"):

@@ -34,7 +34,7 @@ import numpy as np
 from keras import ops
 
 from keras_seglosses._core import check_choice, check_number
-from keras_seglosses.metrics._common import binarize
+from keras_seglosses.metrics._common import binarize, check_empty
 from keras_seglosses.ops.distance import _squared_distance, _surface_bool, check_spacing
 from keras_seglosses.ops.order import INF_BITS, search_bits
 
@@ -305,8 +305,11 @@ def check_empty_value(empty_value, finite=False):
     return value
 
 
-def _finish(value, gt, pr, channels, perfect, empty_value):
-    """Apply the empty-mask rules (SPEC.md section 5) and unfold to `(B, C)`."""
+def _finish(value, gt, pr, channels, perfect, empty_value, empty="score"):
+    """Apply the empty-mask rules (SPEC.md section 5), or NaN for any empty
+    mask with `empty="nan"`, and unfold to `(B, C)`."""
+    if empty == "nan":
+        perfect = empty_value = float("nan")
     # one axis: Keras < 3.15 reduces several axes one at a time on torch and
     # loses track of them
     has_g = ops.any(_flat(gt), axis=-1)
@@ -326,6 +329,7 @@ def hd95(
     threshold=0.5,
     empty_value=None,
     directed=False,
+    empty="score",
 ):
     """Robust (percentile) Hausdorff distance per sample and channel.
 
@@ -362,6 +366,9 @@ def hd95(
             `float("inf")`, or `None` for the physical diagonal of the volume
             (norm of shape x spacing). Defaults to `None`.
         directed: bool, prediction to ground truth only. Defaults to `False`.
+        empty: `"score"` (the rules above) or `"nan"`: NaN wherever either
+            mask is empty (as MONAI, to be left out of means). Defaults to
+            `"score"`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -379,6 +386,7 @@ def hd95(
     """
     check_choice("convention", convention, HD95_CONVENTIONS)
     check_number("percentile", percentile, low=0, high=100)
+    check_empty(empty)
     empty_value = check_empty_value(empty_value)
     gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "hd95")
     spacing = check_spacing(spacing, len(spatial))
@@ -397,10 +405,11 @@ def hd95(
         value = 0.5 * (a + b) if convention == "mean" else ops.maximum(a, b)
     if empty_value is None:
         empty_value = _diagonal(spatial, spacing)
-    return _finish(value, gt, pr, channels, 0.0, empty_value)
+    return _finish(value, gt, pr, channels, 0.0, empty_value, empty)
 
 
-def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5):
+def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5,
+        empty="score"):
     """Normalized surface Dice at `tolerance` per sample and channel.
 
     `NSD = (|dG ∩ B_dP(tau)| + |dP ∩ B_dG(tau)|) / (|dG| + |dP|)`
@@ -422,6 +431,7 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
         spacing: a number or one per spatial axis. Defaults to `None`.
         convention: `"voxel"` or `"surfel"`. Defaults to `"voxel"`.
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
+        empty: `"score"` or `"nan"`, as in `hd95`. Defaults to `"score"`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -438,6 +448,7 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
     """
     check_choice("convention", convention, NSD_CONVENTIONS)
     check_number("tolerance", tolerance, low=0)
+    check_empty(empty)
     gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "nsd")
     spacing = check_spacing(spacing, len(spatial))
     tol = float(tolerance)
@@ -447,11 +458,11 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
     total = _halves(ops.sum(weights, axis=-1))
     total = total[0] + total[1]
     value = (inside[0] + inside[1]) / ops.where(total > 0, total, 1.0)
-    return _finish(value, gt, pr, channels, 1.0, 0.0)
+    return _finish(value, gt, pr, channels, 1.0, 0.0, empty)
 
 
 def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_value=None,
-        directed=False):
+        directed=False, empty="score"):
     """Average (symmetric) surface distance per sample and channel.
 
     - `"mean"`: `(mean_{a in G} d(a, P) + mean_{a in P} d(a, G)) / 2`
@@ -474,6 +485,7 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
         empty_value: as in `hd95`. Defaults to `None` (volume diagonal).
         directed: bool, prediction to ground truth only. Defaults to `False`.
+        empty: `"score"` or `"nan"`, as in `hd95`. Defaults to `"score"`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -489,6 +501,7 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
         Chen et al., TPAMI 2023 [003, Eq. 12].
     """
     check_choice("convention", convention, ASD_CONVENTIONS)
+    check_empty(empty)
     empty_value = check_empty_value(empty_value)
     gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "asd")
     spacing = check_spacing(spacing, len(spatial))
@@ -506,4 +519,4 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
         )
     if empty_value is None:
         empty_value = _diagonal(spatial, spacing)
-    return _finish(value, gt, pr, channels, 0.0, empty_value)
+    return _finish(value, gt, pr, channels, 0.0, empty_value, empty)

@@ -10,30 +10,26 @@ evaluation scripts use them directly.
 from keras import ops
 
 from keras_seglosses._core import check_map_index, region_sum
-from keras_seglosses.metrics._common import binarize, ratio_or_one
+from keras_seglosses.metrics._common import EMPTY_MODES, binarize, check_empty, ratio_or_one, undefined
 from keras_seglosses.metrics._surface_functional import asd, hd95, nsd
 from keras_seglosses.targets import require_map
 
 __all__ = ["binarize", "dice", "reward_penalty_dice", "hd95", "nsd", "asd", "sensitivity",
            "specificity", "precision", "EMPTY_MODES"]
 
-#: What a confusion-matrix metric returns where it is undefined (a zero
-#: denominator): `"one"` (nothing to find was missed, nothing predicted was
-#: wrong: the package's rule that an empty case is perfect) or `"nan"`
-#: (MONAI's `ConfusionMatrixMetric`, to be excluded from means).
-EMPTY_MODES = ("one", "nan")
 
-
-def dice(y_true, y_pred, threshold=0.5):
+def dice(y_true, y_pred, threshold=0.5, empty="score"):
     """Dice coefficient per sample and channel [000, Eq. 5].
 
     `Dice = 2 sum y P' / (sum y + sum P')` with `P' = 1[P > threshold]`, 1
-    when both masks are empty.
+    when both masks are empty; with `empty="nan"`, NaN wherever the ground
+    truth is empty (MONAI's `DiceMetric(ignore_empty=True)`).
 
     Args:
         y_true: labels `(batch, *spatial, C)`, possibly packed with maps.
         y_pred: predictions of the same shape, binarized at `threshold`.
         threshold: float in [0, 1]. Defaults to `0.5`.
+        empty: `"score"` or `"nan"`. Defaults to `"score"`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -48,11 +44,13 @@ def dice(y_true, y_pred, threshold=0.5):
     Reference:
         He et al., IJCNN 2020 [000, Eq. 5].
     """
+    check_empty(empty)
     _, y, p = binarize(y_true, y_pred, threshold, "dice")
-    return ratio_or_one(2.0 * region_sum(y * p, False), region_sum(y + p, False))
+    value = ratio_or_one(2.0 * region_sum(y * p, False), region_sum(y + p, False))
+    return undefined(value, region_sum(y, False) <= 0, empty)
 
 
-def reward_penalty_dice(y_true, y_pred, threshold=0.5, map_index=0):
+def reward_penalty_dice(y_true, y_pred, threshold=0.5, map_index=0, empty="score"):
     """Reward-penalty Dice coefficient (RPD) per sample and channel
     [000, Eq. 6].
 
@@ -68,6 +66,8 @@ def reward_penalty_dice(y_true, y_pred, threshold=0.5, map_index=0):
         y_pred: predictions `(batch, *spatial, C)`, binarized at `threshold`.
         threshold: float in [0, 1]. Defaults to `0.5`.
         map_index: int >= 0, the packed slot of M. Defaults to `0`.
+        empty: `"score"` or `"nan"` (NaN wherever the ground truth is
+            empty, as `dice`). Defaults to `"score"`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -86,11 +86,13 @@ def reward_penalty_dice(y_true, y_pred, threshold=0.5, map_index=0):
         He et al., IJCNN 2020 [000, Eq. 6].
     """
     map_index = check_map_index(map_index, allow_none=False)
+    check_empty(empty)
     y_true, y, p = binarize(y_true, y_pred, threshold, "rpd")
     m = require_map(y_true, p.shape[-1], map_index, "RPD", "reward-penalty map")
-    return ratio_or_one(
+    value = ratio_or_one(
         2.0 * region_sum(y * p * m, False), region_sum((y + p) * ops.abs(m), False)
     )
+    return undefined(value, region_sum(y, False) <= 0, empty)
 
 
 # Multi-annotator metrics (numpy in, numpy out; one input at a time).
@@ -105,30 +107,26 @@ __all__ += ["generalized_energy_distance", "hungarian_iou", "qubiq_score", "cons
 
 
 def _confusion_ratio(y_true, y_pred, threshold, empty, name, numerator, denominator):
-    from keras_seglosses._core import check_choice
-
-    check_choice("empty", empty, EMPTY_MODES)
+    check_empty(empty)
     _, y, p = binarize(y_true, y_pred, threshold, name)
     counts = {"tp": y * p, "fp": (1.0 - y) * p, "fn": y * (1.0 - p), "tn": (1.0 - y) * (1.0 - p)}
     num = region_sum(counts[numerator], False)
     den = num + region_sum(counts[denominator], False)
-    if empty == "one":
-        return ratio_or_one(num, den)
-    return ops.where(den > 0, num / ops.where(den > 0, den, 1.0), float("nan"))
+    return undefined(ratio_or_one(num, den), den <= 0, empty)
 
 
-def sensitivity(y_true, y_pred, threshold=0.5, empty="one"):
+def sensitivity(y_true, y_pred, threshold=0.5, empty="score"):
     """Sensitivity (recall, true positive rate) per sample and channel.
 
     `TP / (TP + FN)` of `P' = 1[P > threshold]`; where the ground truth is
-    empty, 1 (`empty="one"`) or NaN (`"nan"`, MONAI's
+    empty, 1 (`empty="score"`) or NaN (`"nan"`, MONAI's
     `ConfusionMatrixMetric("sensitivity")`).
 
     Args:
         y_true: labels `(batch, *spatial, C)`, possibly packed with maps.
         y_pred: predictions of the same shape, binarized at `threshold`.
         threshold: float in [0, 1]. Defaults to `0.5`.
-        empty: `"one"` or `"nan"`. Defaults to `"one"`.
+        empty: `"score"` or `"nan"`. Defaults to `"score"`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -143,22 +141,22 @@ def sensitivity(y_true, y_pred, threshold=0.5, empty="one"):
     return _confusion_ratio(y_true, y_pred, threshold, empty, "sensitivity", "tp", "fn")
 
 
-def specificity(y_true, y_pred, threshold=0.5, empty="one"):
+def specificity(y_true, y_pred, threshold=0.5, empty="score"):
     """Specificity (true negative rate) per sample and channel.
 
     `TN / (TN + FP)` of `P' = 1[P > threshold]`; where the ground truth is
-    everywhere foreground, 1 (`empty="one"`) or NaN (`"nan"`, MONAI's
+    everywhere foreground, 1 (`empty="score"`) or NaN (`"nan"`, MONAI's
     `ConfusionMatrixMetric("specificity")`). Arguments and result as
     `sensitivity`.
     """
     return _confusion_ratio(y_true, y_pred, threshold, empty, "specificity", "tn", "fp")
 
 
-def precision(y_true, y_pred, threshold=0.5, empty="one"):
+def precision(y_true, y_pred, threshold=0.5, empty="score"):
     """Precision (positive predictive value) per sample and channel.
 
     `TP / (TP + FP)` of `P' = 1[P > threshold]`; where the binarized
-    prediction is empty, 1 (`empty="one"`) or NaN (`"nan"`, MONAI's
+    prediction is empty, 1 (`empty="score"`) or NaN (`"nan"`, MONAI's
     `ConfusionMatrixMetric("precision")`). Arguments and result as
     `sensitivity`.
     """

@@ -8,7 +8,7 @@ from keras_seglosses._core import (
     register_metric,
 )
 from keras_seglosses.metrics import functional
-from keras_seglosses.metrics._common import SegMetric
+from keras_seglosses.metrics._common import SegMetric, check_empty
 
 __all__ = ["Dice", "RPD", "Sensitivity", "Specificity", "Precision"]
 
@@ -24,6 +24,10 @@ class Dice(SegMetric):
 
     Args:
         threshold: float in [0, 1]. Defaults to `0.5`.
+        empty: `"score"` (both masks empty scores 1) or `"nan"`: a sample
+            and channel whose ground truth is empty is left out of the mean
+            and counted in the variable `excluded` (MONAI's
+            `ignore_empty=True`). Defaults to `"score"`.
         name: str, the metric's name. Defaults to `"dice"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -42,11 +46,12 @@ class Dice(SegMetric):
 
     _direction = "up"
 
-    def __init__(self, threshold=0.5, name="dice", dtype=None):
+    def __init__(self, threshold=0.5, empty="score", name="dice", dtype=None):
         super().__init__(
             functional.dice,
             name=name,
             dtype=dtype,
+            empty=check_empty(empty),
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
         )
 
@@ -63,6 +68,7 @@ class RPD(SegMetric):
     Args:
         threshold: float in [0, 1]. Defaults to `0.5`.
         map_index: int >= 0, the packed slot of M. Defaults to `0`.
+        empty: `"score"` or `"nan"`, as `Dice`. Defaults to `"score"`.
         name: str, the metric's name. Defaults to `"rpd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -87,11 +93,12 @@ class RPD(SegMetric):
     _direction = "up"
     map_kind = "rpmap"
 
-    def __init__(self, threshold=0.5, map_index=0, name="rpd", dtype=None):
+    def __init__(self, threshold=0.5, map_index=0, empty="score", name="rpd", dtype=None):
         super().__init__(
             functional.reward_penalty_dice,
             name=name,
             dtype=dtype,
+            empty=check_empty(empty),
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
             map_index=check_map_index(map_index, allow_none=False),
         )
@@ -106,19 +113,19 @@ class _ConfusionRate(SegMetric):
     Args:
         threshold: float in [0, 1], the binarization threshold. Defaults to
             `0.5`.
-        empty: where the rate is undefined (a zero denominator): `"one"`
+        empty: where the rate is undefined (a zero denominator): `"score"`
             counts it as 1, `"nan"` leaves it out of the mean (counted in
-            the variable `excluded`), as MONAI's NaN. Defaults to `"one"`.
+            the variable `excluded`), as MONAI's NaN. Defaults to `"score"`.
         name, dtype: as `keras.metrics.Metric`.
     """
 
     _direction = "up"
 
-    def __init__(self, threshold=0.5, empty="one", name=None, dtype=None):
+    def __init__(self, threshold=0.5, empty="score", name=None, dtype=None):
         super().__init__(
             type(self)._function, name=name or type(self)._default_name, dtype=dtype,
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
-            empty=check_choice("empty", empty, functional.EMPTY_MODES),
+            empty=check_empty(empty),
         )
 
 

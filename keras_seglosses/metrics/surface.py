@@ -3,7 +3,7 @@ functional forms in `keras_seglosses.metrics.functional`."""
 
 from keras_seglosses._core import check_choice, check_number, register_metric
 from keras_seglosses.metrics import _surface_functional as sf
-from keras_seglosses.metrics._common import SegMetric
+from keras_seglosses.metrics._common import SegMetric, check_empty
 from keras_seglosses.ops.distance import spacing_argument
 
 __all__ = ["HD95", "NSD", "ASD"]
@@ -31,6 +31,9 @@ class HD95(SegMetric):
             Defaults to `None`.
         directed: bool, only the distances from the predicted surface to
             the ground truth (MONAI's `directed=True`). Defaults to `False`.
+        empty: `"score"` (the rules above) or `"nan"`: a sample and channel
+            with an empty mask is left out of the mean and counted in the
+            variable `excluded` (MONAI's NaN). Defaults to `"score"`.
         name: str, the metric's name. Defaults to `"hd95"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -59,6 +62,7 @@ class HD95(SegMetric):
         threshold=0.5,
         empty_value=None,
         directed=False,
+        empty="score",
         name="hd95",
         dtype=None,
     ):
@@ -75,6 +79,7 @@ class HD95(SegMetric):
             threshold=float(threshold),
             empty_value=sf.check_empty_value(empty_value, finite=True),
             directed=bool(directed),
+            empty=check_empty(empty),
         )
 
 
@@ -92,6 +97,9 @@ class NSD(SegMetric):
         spacing: a number or one per spatial axis. Defaults to `None`.
         convention: `"voxel"` or `"surfel"`. Defaults to `"voxel"`.
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
+        empty: `"score"` (both empty 1, one empty 0) or `"nan"`: a sample
+            and channel with an empty mask is left out of the mean and
+            counted in `excluded`. Defaults to `"score"`.
         name: str, the metric's name. Defaults to `"nsd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -113,7 +121,8 @@ class NSD(SegMetric):
     _direction = "up"
 
     def __init__(
-        self, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5, name="nsd", dtype=None
+        self, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5, empty="score",
+        name="nsd", dtype=None
     ):
         check_choice("convention", convention, sf.NSD_CONVENTIONS)
         check_number("tolerance", tolerance, low=0)
@@ -126,6 +135,7 @@ class NSD(SegMetric):
             spacing=spacing_argument(spacing),
             convention=convention,
             threshold=float(threshold),
+            empty=check_empty(empty),
         )
 
 
@@ -148,6 +158,9 @@ class ASD(SegMetric):
         directed: bool, only the distances from the predicted surface to
             the ground truth (MONAI's `SurfaceDistanceMetric` default).
             Defaults to `False`.
+        empty: `"score"` (the rules above) or `"nan"`: a sample and channel
+            with an empty mask is left out of the mean and counted in the
+            variable `excluded` (MONAI's NaN). Defaults to `"score"`.
         name: str, the metric's name. Defaults to `"asd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -170,7 +183,7 @@ class ASD(SegMetric):
 
     def __init__(
         self, spacing=None, convention="mean", threshold=0.5, empty_value=None, directed=False,
-        name="asd", dtype=None
+        empty="score", name="asd", dtype=None
     ):
         check_choice("convention", convention, sf.ASD_CONVENTIONS)
         check_number("threshold", threshold, low=0, high=1)
@@ -183,4 +196,5 @@ class ASD(SegMetric):
             threshold=float(threshold),
             empty_value=sf.check_empty_value(empty_value, finite=True),
             directed=bool(directed),
+            empty=check_empty(empty),
         )

@@ -159,7 +159,7 @@ def test_confusion_rates_match_monai_and_the_counts(rng, name):
     assert np.isnan(expected).any()
     fn = getattr(F, name)
     np.testing.assert_allclose(np.asarray(fn(y, p, empty="nan")), expected, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(fn(y, p)), np.where(np.isnan(expected), 1, expected),
+    np.testing.assert_allclose(np.asarray(fn(y, p, empty="score")), np.where(np.isnan(expected), 1, expected),
                                rtol=1e-6)
     monai = ConfusionMatrixMetric(include_background=True, metric_name=name,
                                   compute_sample=True, reduction="none")
@@ -200,3 +200,28 @@ def test_confusion_rate_arguments_are_checked():
         ks.metrics.Precision(threshold=2.0)
     with pytest.raises(ValueError, match="`empty`"):
         F.specificity(np.zeros((1, 2, 1)), np.zeros((1, 2, 1)), empty="skip")
+
+
+def test_dice_and_rpd_with_empty_nan_follow_monai_ignore_empty(rng):
+    import torch
+    from monai.metrics import DiceMetric
+
+    y, p, m = sample(rng, (4, 6, 7, 2))
+    y[0, ..., 0] = 0.0
+    p[0, ..., 0] = 0.1  # both empty
+    y[1, ..., 1] = 0.0  # ground truth empty, prediction not
+    yt = ks.pack_targets(y, m)
+    ours = np.asarray(F.dice(yt, p, empty="nan"))
+    t = lambda a: torch.from_numpy(np.moveaxis(a, -1, 1).copy())  # noqa: E731
+    theirs = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(
+        t((p > 0.5).astype("float32")), t(y)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert np.isnan(ours[0, 0]) and np.isnan(ours[1, 1])
+    rpd = np.asarray(F.reward_penalty_dice(yt, p, empty="nan"))
+    np.testing.assert_array_equal(np.isnan(rpd), np.isnan(ours))
+    scored = np.asarray(F.dice(yt, p))
+    assert scored[0, 0] == 1.0 and scored[1, 1] == 0.0
+    metric = ks.metrics.Dice(empty="nan")
+    metric.update_state(yt, p)
+    assert float(metric.result()) == pytest.approx(np.nanmean(np.nanmean(ours, -1)), rel=1e-6)
+    assert float(metric.excluded) == 2.0

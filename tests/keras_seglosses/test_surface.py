@@ -351,3 +351,32 @@ def test_fit_step_with_metrics(rng):
     for key in ("hd95", "nsd", "asd"):
         assert np.isfinite(logs[key][0])
     assert 0.0 <= logs["nsd"][0] <= 1.0
+
+
+def test_empty_nan_leaves_every_empty_case_out_as_monai():
+    shape, spacing = CASES[0][0], (1.0, 2.0, 0.5)
+    y = np.zeros((4,) + shape + (1,), "float32")
+    p = np.zeros_like(y)
+    y[1, 2:4, 2:4, 2:4] = 1
+    p[2, 1:3, 1:5, 2:6] = 1
+    y[3, 2:6, 2:6, 2:6] = 1
+    p[3, 2:6, 3:7, 2:6] = 1
+    for fn in (functional.hd95, functional.asd, functional.nsd):
+        values = ops.convert_to_numpy(fn(y, p, spacing=spacing, empty="nan"))[:, 0]
+        assert np.isnan(values[:3]).all() and np.isfinite(values[3]), fn.__name__
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = HausdorffDistanceMetric(include_background=True, percentile=95)(
+            torch.tensor(np.moveaxis(p, -1, 1)), torch.tensor(np.moveaxis(y, -1, 1)),
+            spacing=spacing).numpy()[:, 0]
+    ours = ops.convert_to_numpy(functional.hd95(y, p, spacing, empty="nan"))[:, 0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)  # NaN where MONAI's is NaN
+    for cls in (HD95, ASD, NSD):
+        metric = cls(spacing=spacing, empty="nan")
+        metric.update_state(y, p)
+        alone = ops.convert_to_numpy(getattr(functional, cls.__name__.lower())(
+            y[3:], p[3:], spacing=spacing))[0, 0]
+        assert float(metric.result()) == pytest.approx(float(alone), rel=1e-6), cls.__name__
+        assert float(metric.excluded) == 3.0
+    with pytest.raises(ValueError, match="`empty`"):
+        HD95(empty="ignore")
