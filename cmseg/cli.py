@@ -88,6 +88,7 @@ _TRAIN_OPTIONS = (
     ("--distribute", "distribute"),
     ("--deterministic", "deterministic"),
     ("--target", "target"),
+    ("--deep-supervision", "deep_supervision"),
     ("--overwrite", "overwrite"),
 )
 
@@ -143,6 +144,9 @@ def _add_train_options(p, epochs=200, steps=None, single_run=True):
                    "one pair per input on that consensus of its training annotations "
                    "(soft: pass a loss that takes soft targets, e.g. --loss dl "
                    "--loss-config '{\"soft_label\": true}'). Default: %(default)s")
+    p.add_argument("--deep-supervision", action="store_true",
+                   help="isensee2017 only: train every decoder level's output against the "
+                   "target at its resolution (weights 1, 1/2, 1/4)")
     if single_run:
         p.add_argument("--deterministic", action="store_true",
                        help="bit-reproducible across processes: seeded generators, "
@@ -325,6 +329,7 @@ def _train_config(args, fold):
         depth=args.depth, dropout=args.dropout, augment=args.augment,
         input_encoding=args.input_encoding, distribute=args.distribute,
         deterministic=args.deterministic, target=args.target,
+        deep_supervision=args.deep_supervision,
     )
 
 

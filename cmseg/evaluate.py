@@ -353,11 +353,11 @@ def _predict_run(rundir, config, data, bones, batch_size):
 
     import keras_seglosses  # noqa: F401  (registered losses)
     import models3d  # noqa: F401  (registered layers)
-    from cmseg.predict import encode
+    from cmseg.predict import encode, full_resolution
 
     path = os.path.join(rundir, "model.keras")
     try:
-        model = keras.models.load_model(path, compile=False)
+        model = full_resolution(keras.models.load_model(path, compile=False))
     except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
         raise UsageError(
             f"{path}: unreadable as a Keras model ({type(e).__name__}: {e})."

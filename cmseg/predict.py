@@ -91,6 +91,17 @@ def _check_spatial(path, x, spatial):
         )
 
 
+def full_resolution(model):
+    """The model's full-resolution output alone: a deep-supervision model
+    (`isensee2017(deep_supervision=True)`, outputs finest first) without its
+    coarser outputs, any other model as it is."""
+    import keras
+
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.inputs, model.outputs[0], name=model.name)
+
+
 def load_model(path, architecture="unet", size=64):
     """A model from a `.keras` file, or the original's `.h5` weights loaded
     into `models3d.get(architecture)` at `size`^3 with one input channel.
@@ -108,7 +119,7 @@ def load_model(path, architecture="unet", size=64):
         raise UsageError(f"--model {path}: file missing.")
     if path.endswith(".keras"):
         try:
-            return keras.models.load_model(path, compile=False)
+            return full_resolution(keras.models.load_model(path, compile=False))
         except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
             raise UsageError(
                 f"--model {path}: unreadable as a Keras model ({type(e).__name__}: {e})."

@@ -157,7 +157,16 @@ def check_study_dir(study_dir, settings):
         saved = _io.read_json(path)
     except ValueError as e:
         raise UsageError(f"{path}: unreadable ({e}). Choose another --out.") from None
-    diff = _differences(saved, settings.to_json())
+    new = settings.to_json()
+    # options added to `cmseg train` after the study started default as then
+    from cmseg.train import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    saved_train = saved.get("train", {})
+    saved["train"] = {**{k: defaults[k] for k in new["train"]
+                         if k not in saved_train and k in defaults}, **saved_train}
+    diff = _differences(saved, new)
     if diff:
         raise UsageError(
             f"--out {study_dir} holds a study with other settings ({'; '.join(diff)}). Run "

@@ -64,6 +64,11 @@ class TrainConfig:
 
     Defaults are the paper's [000, Sec. V] except `batch_size` (16 here, the
     paper's Myronenko18 setting, 64 for the other models on V100 GPUs).
+    `deep_supervision` (isensee2017 only) trains every output of
+    `isensee2017(deep_supervision=True)` with the loss against the target
+    at its resolution (`keras_seglosses.DeepSupervision`, weights 1, 1/2,
+    1/4); `model.keras` keeps all outputs, and `predict` and `evaluate` use
+    the full-resolution one.
     `lr_schedule="plateau"` is the paper's (`ReduceLROnPlateau` with
     `lr_factor` and `lr_patience`); `"cosine"` instead decays the learning
     rate from `lr` towards 0 over `epochs` (`cosine_learning_rate`), for
@@ -96,6 +101,7 @@ class TrainConfig:
     distribute: bool = False
     deterministic: bool = False
     target: str = "each"
+    deep_supervision: bool = False
     verbose: str = "auto"
 
     def to_json(self):
@@ -404,7 +410,17 @@ def _datasets(data, config, targets, initial_epoch=0):
                .batch(config.batch_size, drop_remainder=True))
     elif config.validation_steps:
         val = val.repeat().take(config.validation_steps)
+    if config.deep_supervision:
+        # one full-resolution target per output; each output's loss reduces it
+        n = _n_outputs(config)
+        train, val = (d.map(lambda x, y: (x, (y,) * n)) for d in (train, val))
     return train, val, steps
+
+
+def _n_outputs(config):
+    """Outputs of the model: isensee2017's segmentation levels with deep
+    supervision (its default 3), else 1."""
+    return 3 if config.deep_supervision else 1
 
 
 def _build_model(config, size):
@@ -419,6 +435,8 @@ def _build_model(config, size):
     )
     if config.model != "myronenko2018":
         kwargs.update(depth=config.depth, dropout_rate=config.dropout)
+    if config.deep_supervision:
+        kwargs.update(deep_supervision=True)
     return models3d.get(config.model, **kwargs)
 
 
@@ -452,6 +470,11 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
         raise UsageError(
             f"Invalid value for --target. Expected one of {', '.join(TARGETS)}. "
             f"Received: --target {config.target}"
+        )
+    if config.deep_supervision and config.model != "isensee2017":
+        raise UsageError(
+            "Invalid value for --deep-supervision. Expected --model isensee2017 (the "
+            f"architecture with per-level outputs). Received: --model {config.model}"
         )
     if config.lr_schedule not in LR_SCHEDULES:
         raise UsageError(
@@ -520,7 +543,12 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
             except ValueError as e:  # settings the architecture refuses
                 raise UsageError(f"--model {config.model}: {e}") from None
             loss = registry.make_loss(config.loss, config.loss_config, pos_weight=pos_weight)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.lr), loss=loss)
+            losses = {"loss": loss}
+            if config.deep_supervision:
+                from keras_seglosses import DeepSupervision
+
+                losses = DeepSupervision(loss).compile_arguments(len(model.outputs))
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.lr), **losses)
         state = {"epoch": 0, "history": [], "finished": False}
 
     # Everything checked: from here on the run directory is written.

@@ -195,7 +195,7 @@ def check_arguments(
 # ------------------------------------------------------------ shared builder
 def build_encoder_decoder(
     inputs, n_labels, n_base_filters, depth, dropout_rate, activation,
-    residual, n_segmentation_levels, name,
+    residual, n_segmentation_levels, name, deep_supervision=False,
 ):
     """The encoder-decoder shared by `basic_unet`, `vnet` and `isensee2017`.
 
@@ -204,6 +204,10 @@ def build_encoder_decoder(
     is up-sampled x2 and added to the next finer map (Isensee et al. 2017's
     deep supervision), and the activation is applied to the full-resolution
     sum. With `k = 1` a single 1x1x1 head follows the finest level.
+
+    `deep_supervision=True` (k > 1) outputs, besides the full-resolution
+    map, the activated running sum at each of the `k - 1` coarser levels
+    (level l at 1/2^l of the input size): a list, finest first.
     """
     skips, filters = apply_encoder(
         inputs, n_base_filters, depth, dropout_rate, residual
@@ -220,10 +224,16 @@ def build_encoder_decoder(
         outputs = apply_head(x, n_labels, activation)
     else:
         y = None
+        coarse = []
         for level in range(n_segmentation_levels - 1, -1, -1):
             seg = segmentations[level]
             y = seg if y is None else layers.Add(name=f"deep_sum{level}")([y, seg])
             if level > 0:
+                if deep_supervision:
+                    coarse.insert(0, layers.Activation(
+                        activation, dtype="float32", name=f"deep{level}_act")(y))
                 y = layers.UpSampling3D(size=2, name=f"deep_sum{level}_upsample")(y)
         outputs = layers.Activation(activation, dtype="float32", name="head_act")(y)
+        if deep_supervision:
+            outputs = [outputs, *coarse]
     return keras.Model(inputs, outputs, name=name)

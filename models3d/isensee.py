@@ -14,6 +14,7 @@ def isensee2017(
     activation="sigmoid",
     n_segmentation_levels=3,
     name="isensee2017",
+    deep_supervision=False,
 ):
     """Isensee et al. 2017: residual encoder-decoder with deep supervision.
 
@@ -26,7 +27,13 @@ def isensee2017(
         y = act(S_0 + up(S_1 + up(S_2)))        (n_segmentation_levels=3)
 
     Shapes: input `(batch, *input_shape)`; output
-    `(batch, D, H, W, n_labels)`.
+    `(batch, D, H, W, n_labels)`. With `deep_supervision=True` the model
+    has `n_segmentation_levels` outputs, finest first: that map and the
+    activated running sums of the coarser levels, `(batch, D/2^l, H/2^l,
+    W/2^l, n_labels)` for l = 1, ..., n_segmentation_levels - 1, to be
+    trained each against the target at its resolution
+    (`keras_seglosses.DeepSupervision`). The layers and weights are the
+    same either way, so weights load across the two.
 
     Args:
         input_shape: `(D, H, W, channels)`, spatial sizes divisible by
@@ -41,6 +48,8 @@ def isensee2017(
         n_segmentation_levels: decoder levels that contribute a segmentation
             map, between 1 and `depth - 1`. Defaults to `3` (the paper).
         name: model name. Defaults to `"isensee2017"`.
+        deep_supervision: bool, also output the coarser levels' maps.
+            Defaults to `False`.
 
     Returns:
         A functional `keras.Model`.
@@ -68,8 +77,15 @@ def isensee2017(
             f"{depth - 1} decoder levels). Received: "
             f"n_segmentation_levels={n_segmentation_levels}"
         )
+    if deep_supervision and n_segmentation_levels < 2:
+        raise ValueError(
+            "Invalid value for argument `deep_supervision`. Deep supervision needs "
+            "n_segmentation_levels >= 2 (one output per level). Received: "
+            f"deep_supervision=True with n_segmentation_levels={n_segmentation_levels}"
+        )
     inputs = keras.Input(shape, name="image")
     return build_encoder_decoder(
         inputs, n_labels, n_base_filters, depth, dropout_rate, activation,
         residual=True, n_segmentation_levels=n_segmentation_levels, name=name,
+        deep_supervision=bool(deep_supervision),
     )

@@ -68,6 +68,12 @@ from keras_seglosses.losses.region import (
     sensitivity_specificity,
     tversky,
 )
+from keras_seglosses.losses.deep_supervision import (
+    DeepSupervision,
+    DownsampledTarget,
+    downsample_targets,
+    supervision_weights,
+)
 from keras_seglosses.losses.topology import (
     DiceClDice,
     SoftClDice,
@@ -77,6 +83,10 @@ from keras_seglosses.losses.topology import (
 )
 
 __all__ = [
+    "DeepSupervision",
+    "DownsampledTarget",
+    "downsample_targets",
+    "supervision_weights",
     "GeneralizedWassersteinDice",
     "generalized_wasserstein_dice",
     "SoftClDice",

@@ -450,3 +450,26 @@ def test_consensus_target_trains_one_pair_per_input(data_dir, tmp_path):
         tr.train(tiny(data_dir, loss="nope", target="soft"), str(tmp_path / "bad"),
                  log=lambda _: None)
     assert not os.path.exists(tmp_path / "legacy") and not os.path.exists(tmp_path / "bad")
+
+
+def test_deep_supervision_trains_isensee_and_predicts_full_resolution(data_dir, tmp_path):
+    """`--deep-supervision`: isensee2017 with its three outputs, each on the
+    target at its resolution; the saved model keeps them, evaluation and
+    prediction read the full-resolution one."""
+    from cmseg.evaluate import evaluate
+    from cmseg.predict import load_model
+
+    run = str(tmp_path / "ds")
+    tr.train(tiny(data_dir, model="isensee2017", depth=4, epochs=1, deep_supervision=True), run,
+             log=lambda _: None)
+    saved = keras.models.load_model(os.path.join(run, tr.MODEL), compile=False)
+    assert [tuple(o.shape)[1:4] for o in saved.outputs] == [(16,) * 3, (8,) * 3, (4,) * 3]
+    model = load_model(os.path.join(run, tr.MODEL))
+    assert len(model.outputs) == 1 and tuple(model.output_shape) == (None, 16, 16, 16, 1)
+    text = evaluate(data_dir, [run], str(tmp_path / "report"), metrics=["dice"],
+                    log=lambda _: None)
+    assert "isensee2017" in text
+    with pytest.raises(tr.UsageError, match="--deep-supervision. Expected --model isensee2017"):
+        tr.train(tiny(data_dir, deep_supervision=True), str(tmp_path / "unet"),
+                 log=lambda _: None)
+    assert not os.path.exists(tmp_path / "unet")

@@ -159,6 +159,8 @@ def _public_losses():
 _REQUIRED = {
     "WeightedCrossEntropy": {"class_weights": (1.0, 3.0)},
     "GeneralizedWassersteinDice": {"distance_matrix": [[0.0, 1.0], [1.0, 0.0]]},
+    "DeepSupervision": {"loss": ks.RewardPenaltyDice()},
+    "DownsampledTarget": {"loss": ks.Boundary()},
     "RegionSpecificDice": {"grid": 4},
     "AdaptiveRegionSpecificTversky": {"grid": 4},
 }

@@ -1,0 +1,219 @@
+"""Deep supervision: one loss on every output of a multi-resolution model
+(`models3d.isensee2017(deep_supervision=True)`), each against the target
+reduced to that output's resolution.
+
+Targets are reduced by an integer factor per spatial axis (the ratio of
+the static sizes of target and output): the labels, the first C channels,
+by max-pooling, so a structure still present at the coarse level is never
+lost (a binary label stays binary; nnU-Net and MONAI resample with nearest
+neighbours instead, which can drop thin structures); packed maps behind the
+labels by average-pooling.
+
+Keras 3 applies one loss per output in `compile`, so there are two ways in:
+
+    loss = ks.DeepSupervision(ks.RewardPenaltyDice(), weights="exp")
+    loss(y_true, model(x))                       # a list of outputs, finest first
+    model.compile("adam", **loss.compile_arguments(n_outputs=3))
+    model.fit(x, [y, y, y])                      # the full-resolution target per output
+
+`compile_arguments` gives each output a `DownsampledTarget(loss)`, which
+reduces the full-resolution target inside the (compiled) loss, and the
+level weights as `loss_weights`; the total is the same as the wrapper's.
+"""
+
+import keras
+from keras import ops
+
+from keras_seglosses._core import register
+from keras_seglosses.targets import map_reads
+
+__all__ = ["supervision_weights", "downsample_targets", "DownsampledTarget", "DeepSupervision",
+           "SUPERVISION_WEIGHTS"]
+
+#: Named level weightings: `"exp"` halves the weight at each coarser level
+#: (1, 1/2, 1/4, ...; MONAI's `DeepSupervisionLoss` default), `"same"`
+#: weighs every level 1.
+SUPERVISION_WEIGHTS = ("exp", "same")
+
+
+def supervision_weights(n_outputs, weights="exp"):
+    """The weight of each of `n_outputs` outputs, finest first.
+
+    Args:
+        n_outputs: int >= 1.
+        weights: `"exp"`, `"same"` or a sequence of `n_outputs` numbers
+            >= 0.
+
+    Returns:
+        list of floats (not normalized: the total is the weighted sum, as
+        MONAI's `DeepSupervisionLoss`).
+    """
+    if isinstance(weights, str):
+        if weights not in SUPERVISION_WEIGHTS:
+            raise ValueError(f"Invalid value for argument `weights`. Expected one of "
+                             f"{list(SUPERVISION_WEIGHTS)} or a list of numbers. "
+                             f"Received: weights={weights!r}")
+        return [0.5**level if weights == "exp" else 1.0 for level in range(n_outputs)]
+    values = [float(w) for w in weights]
+    if len(values) != n_outputs or any(not w >= 0 for w in values):
+        raise ValueError(f"Invalid value for argument `weights`. Expected {n_outputs} numbers "
+                         f">= 0, one per output. Received: weights={list(weights)!r}")
+    return values
+
+
+def downsample_targets(y_true, spatial, n_classes):
+    """`y_true` `(batch, *S, K)` reduced to the spatial shape `spatial`.
+
+    Each spatial size of `y_true` must be an integer multiple of the one in
+    `spatial`. The first `n_classes` channels (the labels) are max-pooled,
+    the others (packed maps) average-pooled, over non-overlapping windows of
+    that factor.
+
+    Returns:
+        float32 tensor `(batch, *spatial, K)`.
+    """
+    y_true = ops.cast(y_true, "float32")
+    full = tuple(y_true.shape[1:-1])
+    spatial = tuple(spatial)
+    if len(full) != len(spatial) or any(
+        f is None or s is None or s < 1 or f % s for f, s in zip(full, spatial)
+    ):
+        raise ValueError(
+            f"DeepSupervision: cannot reduce targets of spatial shape {full} to an output "
+            f"of spatial shape {spatial}; every size must divide the target's."
+        )
+    factor = tuple(f // s for f, s in zip(full, spatial))
+    if all(k == 1 for k in factor):
+        return y_true
+    pool = dict(pool_size=factor, strides=factor, padding="valid", data_format="channels_last")
+    labels = ops.max_pool(y_true[..., :n_classes], **pool)
+    if y_true.shape[-1] == n_classes:
+        return labels
+    return ops.concatenate([labels, ops.average_pool(y_true[..., n_classes:], **pool)], axis=-1)
+
+
+def _per_sample(values):
+    values = ops.convert_to_tensor(values)
+    if len(values.shape) > 1:
+        values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
+    return values
+
+
+class _Wrapper(keras.losses.Loss):
+    """A loss around `self.loss` that reads what it reads."""
+
+    @property
+    def label_kind(self):
+        return getattr(self.loss, "label_kind", "labels")
+
+    def map_reads(self, n_classes=None):
+        """The packed maps of the wrapped loss (`targets.map_reads`)."""
+        return map_reads(self.loss, n_classes)
+
+
+def _config_of(loss):
+    return keras.saving.serialize_keras_object(loss)
+
+
+def _loss_from(config):
+    return config if isinstance(config, keras.losses.Loss) else keras.saving.deserialize_keras_object(config)
+
+
+@register
+class DownsampledTarget(_Wrapper):
+    """`loss` on the target reduced to the prediction's resolution
+    (`downsample_targets`; the identity at full resolution): the per-output
+    loss of a deep-supervision model in `compile`.
+
+    Args:
+        loss: a `keras.losses.Loss` (any of this package's, packed targets
+            included).
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+    """
+
+    def __init__(self, loss, reduction="sum_over_batch_size", name=None, dtype=None):
+        self.loss = _loss_from(loss)
+        super().__init__(reduction=reduction, name=name or f"{self.loss.name}_downsampled",
+                         dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        y_true = downsample_targets(y_true, y_pred.shape[1:-1], y_pred.shape[-1])
+        return _per_sample(self.loss.call(y_true, y_pred))
+
+    def get_config(self):
+        return {**super().get_config(), "loss": _config_of(self.loss)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@register
+class DeepSupervision(_Wrapper):
+    """One loss over the outputs of a deep-supervision model.
+
+    `L = sum_l w_l loss(down_l(y_true), y_pred_l)`, `y_pred` the list of
+    outputs finest first and `down_l` the reduction of the target to output
+    l's resolution (labels max-pooled, packed maps average-pooled; see
+    `downsample_targets`).
+
+    Args:
+        loss: a `keras.losses.Loss`.
+        weights: `"exp"` (1, 1/2, 1/4, ...; MONAI's default), `"same"` or a
+            list with one weight per output. Defaults to `"exp"`.
+        reduction, name, dtype: as `keras.losses.Loss`.
+
+    Returns (from `call`): one value per sample, `(batch,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_seglosses import Dice
+    >>> y = np.zeros((1, 8, 8, 8, 1)); y[0, 2:6, 2:6, 2:6] = 1
+    >>> outputs = [y, y[:, ::2, ::2, ::2]]
+    >>> round(float(DeepSupervision(Dice(smooth=0.0))(y, outputs)), 4)
+    0.0
+
+    Reference:
+        Isensee et al., BrainLes 2017 (deep supervision of the decoder);
+        MONAI's `DeepSupervisionLoss`.
+    """
+
+    def __init__(self, loss, weights="exp", reduction="sum_over_batch_size",
+                 name="deep_supervision", dtype=None):
+        self.loss = _loss_from(loss)
+        if isinstance(weights, str):
+            supervision_weights(1, weights)  # validates the name
+        else:
+            weights = supervision_weights(len(list(weights)), weights)
+        self.weights = weights
+        self._level = DownsampledTarget(self.loss)
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_pred, (list, tuple)):
+            y_pred = [y_pred]
+        weights = supervision_weights(len(y_pred), self.weights)
+        total = None
+        for w, p in zip(weights, y_pred):
+            term = w * self._level.call(y_true, p)
+            total = term if total is None else total + term
+        return total
+
+    def compile_arguments(self, n_outputs):
+        """`model.compile` arguments for a model with `n_outputs` outputs
+        (finest first): `{"loss": [...], "loss_weights": [...]}`; `fit`
+        then takes the full-resolution target once per output
+        (`[y] * n_outputs`)."""
+        return {"loss": [DownsampledTarget(self.loss) for _ in range(n_outputs)],
+                "loss_weights": supervision_weights(n_outputs, self.weights)}
+
+    def get_config(self):
+        return {**super().get_config(), "loss": _config_of(self.loss),
+                "weights": self.weights}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
