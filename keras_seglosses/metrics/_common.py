@@ -76,16 +76,6 @@ def ratio_or_one(numerator, denominator):
     return ops.where(denominator > 0, numerator / safe, 1.0)
 
 
-def _mean_over_channels(fn):
-    """`fn` returns `(batch, C)`; Keras' `Mean` wants one value per sample."""
-
-    def per_sample(y_true, y_pred, **kwargs):
-        return ops.mean(fn(y_true, y_pred, **kwargs), axis=-1)
-
-    per_sample.__name__ = fn.__name__
-    return per_sample
-
-
 class SegMetric(keras.metrics.MeanMetricWrapper):
     """Base of the package's metrics: the mean over samples (and channels)
     of a functional form, its hyperparameters stated once.
@@ -116,17 +106,23 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
     variable `excluded` counts the (sample, channel) values left out since
     the last `reset_state`. The result is 0 while nothing was defined.
 
+    `include_background=False` leaves channel 0 out of the mean when there
+    are several channels (MONAI's `include_background`); it is every
+    metric's argument, not `fn`'s.
+
     Args:
         fn: callable `fn(y_true, y_pred, **hyperparameters) -> (batch, C)`.
         name: str, the metric's name.
         dtype: the dtype of the metric's result, as `keras.metrics.Metric`.
+        include_background: bool. Defaults to `True`.
         **hyperparameters: keyword arguments of `fn`.
     """
 
-    def __init__(self, fn, *, name, dtype, **hyperparameters):
-        super().__init__(fn=_mean_over_channels(fn), name=name, dtype=dtype, **hyperparameters)
+    def __init__(self, fn, *, name, dtype, include_background=True, **hyperparameters):
+        super().__init__(fn=fn, name=name, dtype=dtype, **hyperparameters)
         for key, value in hyperparameters.items():
             setattr(self, key, value)
+        self.include_background = bool(include_background)
         self._per_channel = fn
         self._skips_undefined = hyperparameters.get("empty") == "nan"
         if self._skips_undefined:
@@ -136,9 +132,12 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
     map_kind = None
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        if not self._skips_undefined:
-            return super().update_state(y_true, y_pred, sample_weight=sample_weight)
         values = ops.cast(self._per_channel(y_true, y_pred, **self._fn_kwargs), "float32")
+        if not self.include_background and values.shape[-1] > 1:
+            values = values[..., 1:]
+        if not self._skips_undefined:
+            return keras.metrics.Mean.update_state(self, ops.mean(values, axis=-1),
+                                                   sample_weight=sample_weight)
         defined = ops.cast(ops.logical_not(ops.isnan(values)), "float32")
         n = ops.sum(defined, axis=-1)
         per_sample = ops.sum(ops.where(defined > 0, values, 0.0), axis=-1) / ops.maximum(n, 1.0)
@@ -154,7 +153,8 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
             self.excluded.assign(0.0)
 
     def get_config(self):
-        return {"name": self.name, "dtype": self.dtype, **self._fn_kwargs}
+        return {"name": self.name, "dtype": self.dtype, **self._fn_kwargs,
+                "include_background": self.include_background}
 
     def map_reads(self, n_classes=None):
         """The packed maps `update_state` reads: `MapRead(map_kind,

@@ -31,6 +31,8 @@ class QUBIQ(SegMetric):
             `(0.1, 0.2, ..., 0.9)` (QUBIQ's).
         map_index: int >= 0, the packed slot of the soft label. Defaults to
             `0`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name: str, the metric's name. Defaults to `"qubiq"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -56,11 +58,15 @@ class QUBIQ(SegMetric):
     _direction = "up"
     map_kind = "soft"
 
-    def __init__(self, thresholds=mf.QUBIQ_THRESHOLDS, map_index=0, name="qubiq", dtype=None):
+    def __init__(
+        self, thresholds=mf.QUBIQ_THRESHOLDS, map_index=0, include_background=True, name="qubiq",
+        dtype=None
+    ):
         super().__init__(
             mf.packed_qubiq,
             name=name,
             dtype=dtype,
+            include_background=include_background,
             thresholds=mf._check_thresholds(thresholds),
             map_index=check_map_index(map_index, allow_none=False),
         )
@@ -83,6 +89,8 @@ class ConsensusDice(SegMetric):
             threshold. Defaults to `0.5`.
         map_index: int >= 0, the packed slot of the consensus. Defaults to
             `0`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name: str, the metric's name. Defaults to `"consensus_dice"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -104,11 +112,14 @@ class ConsensusDice(SegMetric):
     _direction = "up"
     map_kind = "consensus"
 
-    def __init__(self, threshold=0.5, map_index=0, name="consensus_dice", dtype=None):
+    def __init__(
+        self, threshold=0.5, map_index=0, include_background=True, name="consensus_dice", dtype=None
+    ):
         super().__init__(
             mf.packed_consensus_dice,
             name=name,
             dtype=dtype,
+            include_background=include_background,
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
             map_index=check_map_index(map_index, allow_none=False),
         )

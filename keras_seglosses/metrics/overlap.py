@@ -28,6 +28,8 @@ class Dice(SegMetric):
             and channel whose ground truth is empty is left out of the mean
             and counted in the variable `excluded` (MONAI's
             `ignore_empty=True`). Defaults to `"score"`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name: str, the metric's name. Defaults to `"dice"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -46,11 +48,14 @@ class Dice(SegMetric):
 
     _direction = "up"
 
-    def __init__(self, threshold=0.5, empty="score", name="dice", dtype=None):
+    def __init__(
+        self, threshold=0.5, empty="score", include_background=True, name="dice", dtype=None
+    ):
         super().__init__(
             functional.dice,
             name=name,
             dtype=dtype,
+            include_background=include_background,
             empty=check_empty(empty),
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
         )
@@ -69,6 +74,8 @@ class RPD(SegMetric):
         threshold: float in [0, 1]. Defaults to `0.5`.
         map_index: int >= 0, the packed slot of M. Defaults to `0`.
         empty: `"score"` or `"nan"`, as `Dice`. Defaults to `"score"`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name: str, the metric's name. Defaults to `"rpd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -93,11 +100,15 @@ class RPD(SegMetric):
     _direction = "up"
     map_kind = "rpmap"
 
-    def __init__(self, threshold=0.5, map_index=0, empty="score", name="rpd", dtype=None):
+    def __init__(
+        self, threshold=0.5, map_index=0, empty="score", include_background=True, name="rpd",
+        dtype=None
+    ):
         super().__init__(
             functional.reward_penalty_dice,
             name=name,
             dtype=dtype,
+            include_background=include_background,
             empty=check_empty(empty),
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
             map_index=check_map_index(map_index, allow_none=False),
@@ -116,14 +127,19 @@ class _ConfusionRate(SegMetric):
         empty: where the rate is undefined (a zero denominator): `"score"`
             counts it as 1, `"nan"` leaves it out of the mean (counted in
             the variable `excluded`), as MONAI's NaN. Defaults to `"score"`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name, dtype: as `keras.metrics.Metric`.
     """
 
     _direction = "up"
 
-    def __init__(self, threshold=0.5, empty="score", name=None, dtype=None):
+    def __init__(
+        self, threshold=0.5, empty="score", include_background=True, name=None, dtype=None
+    ):
         super().__init__(
             type(self)._function, name=name or type(self)._default_name, dtype=dtype,
+            include_background=include_background,
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
             empty=check_empty(empty),
         )

@@ -34,6 +34,8 @@ class HD95(SegMetric):
         empty: `"score"` (the rules above) or `"nan"`: a sample and channel
             with an empty mask is left out of the mean and counted in the
             variable `excluded` (MONAI's NaN). Defaults to `"score"`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name: str, the metric's name. Defaults to `"hd95"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -63,6 +65,7 @@ class HD95(SegMetric):
         empty_value=None,
         directed=False,
         empty="score",
+        include_background=True,
         name="hd95",
         dtype=None,
     ):
@@ -73,6 +76,7 @@ class HD95(SegMetric):
             sf.hd95,
             name=name,
             dtype=dtype,
+            include_background=include_background,
             spacing=spacing_argument(spacing),
             percentile=float(percentile),
             convention=convention,
@@ -100,6 +104,8 @@ class NSD(SegMetric):
         empty: `"score"` (both empty 1, one empty 0) or `"nan"`: a sample
             and channel with an empty mask is left out of the mean and
             counted in `excluded`. Defaults to `"score"`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name: str, the metric's name. Defaults to `"nsd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -122,7 +128,7 @@ class NSD(SegMetric):
 
     def __init__(
         self, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5, empty="score",
-        name="nsd", dtype=None
+        include_background=True, name="nsd", dtype=None
     ):
         check_choice("convention", convention, sf.NSD_CONVENTIONS)
         check_number("tolerance", tolerance, low=0)
@@ -131,6 +137,7 @@ class NSD(SegMetric):
             sf.nsd,
             name=name,
             dtype=dtype,
+            include_background=include_background,
             tolerance=float(tolerance),
             spacing=spacing_argument(spacing),
             convention=convention,
@@ -161,6 +168,8 @@ class ASD(SegMetric):
         empty: `"score"` (the rules above) or `"nan"`: a sample and channel
             with an empty mask is left out of the mean and counted in the
             variable `excluded` (MONAI's NaN). Defaults to `"score"`.
+        include_background: bool; with several channels, False leaves
+            channel 0 out of the mean. Defaults to `True`.
         name: str, the metric's name. Defaults to `"asd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -183,7 +192,7 @@ class ASD(SegMetric):
 
     def __init__(
         self, spacing=None, convention="mean", threshold=0.5, empty_value=None, directed=False,
-        empty="score", name="asd", dtype=None
+        empty="score", include_background=True, name="asd", dtype=None
     ):
         check_choice("convention", convention, sf.ASD_CONVENTIONS)
         check_number("threshold", threshold, low=0, high=1)
@@ -191,6 +200,7 @@ class ASD(SegMetric):
             sf.asd,
             name=name,
             dtype=dtype,
+            include_background=include_background,
             spacing=spacing_argument(spacing),
             convention=convention,
             threshold=float(threshold),

@@ -225,3 +225,22 @@ def test_dice_and_rpd_with_empty_nan_follow_monai_ignore_empty(rng):
     metric.update_state(yt, p)
     assert float(metric.result()) == pytest.approx(np.nanmean(np.nanmean(ours, -1)), rel=1e-6)
     assert float(metric.excluded) == 2.0
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: ks.metrics.Dice(**kw), lambda **kw: ks.metrics.RPD(**kw),
+    lambda **kw: ks.metrics.Sensitivity(**kw), lambda **kw: ks.metrics.HD95(**kw),
+    lambda **kw: ks.metrics.NSD(**kw), lambda **kw: ks.metrics.ASD(**kw),
+    lambda **kw: ks.metrics.QUBIQ(**kw), lambda **kw: ks.metrics.ConsensusDice(**kw),
+], ids=["dice", "rpd", "sensitivity", "hd95", "nsd", "asd", "qubiq", "consensus_dice"])
+def test_every_metric_leaves_the_background_channel_out_when_asked(rng, make):
+    y, p, m = sample(rng, (3, 6, 7, 5, 3))
+    yt = ks.pack_targets(y, m)
+    with_bg, without = make(), make(include_background=False)
+    with_bg.update_state(yt, p)
+    without.update_state(yt, p)
+    per_channel = np.asarray(with_bg._per_channel(yt, p, **with_bg._fn_kwargs))
+    assert float(with_bg.result()) == pytest.approx(per_channel.mean(), rel=1e-5)
+    assert float(without.result()) == pytest.approx(per_channel[:, 1:].mean(), rel=1e-5)
+    again = keras.metrics.deserialize(keras.metrics.serialize(without))
+    assert again.include_background is False
