@@ -50,37 +50,33 @@ def volumes(batch, size):
     return blobs(), blobs()
 
 
-def compiled(fn):
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, jit_compile=True)
-    return fn
-
-
 def worker(batch, size, repeats):
     import keras
     import torch
     from keras import ops
     from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric
 
+    from keras_seglosses._jit import compile_function
     from keras_seglosses.metrics import functional
 
     gt, pr = volumes(batch, size)
-    y = ops.convert_to_tensor(gt[..., None].astype("float32"))
-    p = ops.convert_to_tensor(pr[..., None].astype("float32"))
-    hd95 = compiled(lambda a, b: functional.hd95(a, b))
-    nsd = compiled(lambda a, b: functional.nsd(a, b, tolerance=1.0))
+    y_np, p_np = gt[..., None].astype("float32"), pr[..., None].astype("float32")
+    y, p = ops.convert_to_tensor(y_np), ops.convert_to_tensor(p_np)
+    hd95 = compile_function(lambda a, b: functional.hd95(a, b))
+    nsd = compile_function(lambda a, b: functional.nsd(a, b, tolerance=1.0))
 
     def ours():
         return ops.convert_to_numpy(hd95(y, p)).ravel(), ops.convert_to_numpy(nsd(y, p)).ravel()
+
+    def op_by_op():
+        # the same call without the dispatch (0.2.0 before it): op by op
+        return (ops.convert_to_numpy(functional.hd95.uncompiled(y_np, p_np)).ravel(),
+                ops.convert_to_numpy(functional.nsd.uncompiled(y_np, p_np, tolerance=1.0)).ravel())
+
+    def eager():
+        # as `cmseg evaluate` and notebooks call them: NumPy in, outside `fit`
+        return (ops.convert_to_numpy(functional.hd95(y_np, p_np)).ravel(),
+                ops.convert_to_numpy(functional.nsd(y_np, p_np, tolerance=1.0)).ravel())
 
     yt = torch.tensor(gt[:, None].astype("float32"))
     pt = torch.tensor(pr[:, None].astype("float32"))
@@ -96,11 +92,16 @@ def worker(batch, size, repeats):
     got = ours()
     first = time.perf_counter() - t0
     want = monai()
-    times = alternating_times({"ours": ours, "monai": monai}, repeats)
+    got_eager = eager()
+    assert np.allclose(got_eager[0], got[0]) and np.allclose(got_eager[1], got[1])
+    times = alternating_times({"ours": ours, "eager": eager, "op_by_op": op_by_op,
+                               "monai": monai}, repeats)
     t, tm = times["ours"], times["monai"]
     print(json.dumps({
         "backend": keras.backend.backend(),
         "ours": t,
+        "eager": times["eager"],
+        "op_by_op": times["op_by_op"],
         "first": first,
         "monai": tm,
         "hd_err": float(np.max(np.abs(got[0] - want[0]) / want[0])),
@@ -116,15 +117,19 @@ def main():
     backends = args.backends
     results = run_per_backend(Path(__file__), backends, volume_worker_args(args))
     rows = [
-        "| backend | keras_seglosses HD95+NSD (s) | first call incl. compile (s) | MONAI (s) "
-        "| ratio | max rel. diff HD95 | max abs. diff NSD |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | keras_seglosses HD95+NSD in a compiled function (s) | first call incl. "
+        "compile (s) | eager call on NumPy (s) | eager, op by op (s) | MONAI (s) "
+        "| ratio compiled | ratio eager | ratio op by op | max rel. diff HD95 "
+        "| max abs. diff NSD |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in backends:
         r = results[b]
         rows.append(
-            f"| {r['backend']} | {r['ours']:.3f} | {r['first']:.1f} | {r['monai']:.3f} "
-            f"| {r['ours'] / r['monai']:.2f} | {r['hd_err']:.1e} | {r['nsd_err']:.1e} |"
+            f"| {r['backend']} | {r['ours']:.3f} | {r['first']:.1f} | {r['eager']:.3f} "
+            f"| {r['op_by_op']:.3f} | {r['monai']:.3f} | {r['ours'] / r['monai']:.2f} "
+            f"| {r['eager'] / r['monai']:.2f} | {r['op_by_op'] / r['monai']:.2f} "
+            f"| {r['hd_err']:.1e} | {r['nsd_err']:.1e} |"
         )
     md = (
         f"HD95 (`convention=\"max\"`) + NSD (`tolerance=1`, voxel) on {args.batch} volumes "
@@ -132,7 +137,11 @@ def main():
         f"warm-up, alternating with MONAI `HausdorffDistanceMetric` + `SurfaceDiceMetric` "
         f"in the same process (ratio: ours / MONAI). Machine: {machine()} (1-minute "
         f"load average {os.getloadavg()[0]:.1f} at the end of the run). TensorFlow and JAX compiled (XLA / jax.jit, one function per "
-        f"metric as in `fit`), torch eager.\n\n"
+        f"metric as in `fit`), torch eager. \"Eager call\": `functional.hd95` and "
+        f"`functional.nsd` called on NumPy arrays outside any compiled function (as "
+        f"`cmseg evaluate` does), which dispatch to their compiled form "
+        f"(`keras_seglosses._jit`; the first such call compiles, not timed here); "
+        f"\"op by op\": the same call without that dispatch, as before it.\n\n"
         f"Command: `python benchmarks/metrics.py`\n\n" + "\n".join(rows)
     )
     print(md)

@@ -34,6 +34,7 @@ import numpy as np
 from keras import ops
 
 from keras_seglosses._core import check_choice, check_number
+from keras_seglosses._jit import eager_compiled
 from keras_seglosses.metrics._common import binarize, check_empty
 from keras_seglosses.ops.distance import _squared_distance, _surface_bool, check_spacing
 from keras_seglosses.ops.order import INF_BITS, search_bits
@@ -320,6 +321,7 @@ def _finish(value, gt, pr, channels, perfect, empty_value, empty="score"):
 
 
 # --------------------------------------------------------------- metrics
+@eager_compiled
 def hd95(
     y_true,
     y_pred,
@@ -408,6 +410,7 @@ def hd95(
     return _finish(value, gt, pr, channels, 0.0, empty_value, empty)
 
 
+@eager_compiled
 def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5,
         empty="score"):
     """Normalized surface Dice at `tolerance` per sample and channel.
@@ -461,6 +464,7 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
     return _finish(value, gt, pr, channels, 1.0, 0.0, empty)
 
 
+@eager_compiled
 def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_value=None,
         directed=False, empty="score"):
     """Average (symmetric) surface distance per sample and channel.
