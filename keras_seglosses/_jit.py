@@ -66,8 +66,14 @@ def eager_compiled(fn):
         bound = signature.bind(y_true, y_pred, *args, **kwargs)
         options = tuple(sorted((k, _hashable(v)) for k, v in bound.arguments.items()
                                if k not in ("y_true", "y_pred")))
-        return _compiled(fn, options)(np.asarray(y_true, "float32"),
-                                      np.asarray(y_pred, "float32"))
+        try:
+            return _compiled(fn, options)(np.asarray(y_true, "float32"),
+                                          np.asarray(y_pred, "float32"))
+        except (ValueError, TypeError):
+            # A bad argument fails while tracing, inside the backend's
+            # traceback; the plain call raises it as written, with the
+            # caller's values.
+            return fn(y_true, y_pred, *args, **kwargs)
 
     wrapper.uncompiled = fn
     return wrapper

@@ -54,5 +54,9 @@ def test_tensor_inputs_and_traced_calls_run_the_function_as_written(rng, jit):
 
 def test_bad_options_still_raise_clearly(rng):
     y, p = _masks(rng)
-    with pytest.raises(ValueError, match="`convention`"):
+    with pytest.raises(ValueError, match="`convention`") as error:
         functional.hd95(y, p, convention="median")
+    # the caller's value, not the backend's traced copy or traceback
+    with pytest.raises(ValueError, match=r"Received: spacing=\[1.0, 1.0\]$") as error:
+        functional.nsd(y, p, spacing=[1.0, 1.0])
+    assert "in user code" not in str(error.value)
