@@ -22,9 +22,9 @@ import os
 
 import numpy as np
 
-from cmseg import _io, registry, stats
+from cmseg import _io, stats
 from cmseg._deps import require
-from cmseg.evaluate import INPUT_METRICS, METRICS, available_metrics, fold_cases
+from cmseg.evaluate import METRICS, available_metrics, fold_cases
 
 require("matplotlib", "cmseg study draws study_folds.png, study_examples.png and "
         "study_curves.png with it")
@@ -95,7 +95,7 @@ def _baseline(study_dir, data, experiment, fold, metrics):
     return _io.read_csv(path)
 
 
-def evaluate_runs(study_dir, runs, data, metrics=None, log=None):
+def evaluate_runs(study_dir, runs, data, metrics=None):
     """Cases of every finished run (cached), and the surgeon baselines.
 
     Returns:
@@ -208,7 +208,7 @@ def _fmt_p(p):
     return f"{p:.3g}" if p >= 1e-3 else f"{p:.1e}"
 
 
-def _experiment_sections(settings, study_dir, runs, cases, baselines, model, exp):
+def _experiment_sections(settings, cases, baselines, model, exp):
     from cmseg.evaluate import EXPERIMENT_TITLES
 
     losses = _by_loss(settings)
@@ -329,7 +329,7 @@ def _convergence_section(settings, conv):
                     "runs within 5 %"], rows)]
 
 
-def write_report(settings, study_dir, runs, data, command="", log=None):
+def write_report(settings, study_dir, runs, data, command=""):
     """Evaluate the finished runs and write `study.md`, `study.csv` and the
     figures into `study_dir`. Returns the markdown text."""
     cases, baselines = evaluate_runs(study_dir, runs, data)
@@ -352,8 +352,7 @@ def write_report(settings, study_dir, runs, data, command="", log=None):
     comparisons = []
     for model in settings.models:
         for exp in settings.experiments:
-            parts, comp = _experiment_sections(settings, study_dir, runs, cases, baselines,
-                                               model, exp)
+            parts, comp = _experiment_sections(settings, cases, baselines, model, exp)
             lines += [""] + parts
             comparisons += comp
     if conv:

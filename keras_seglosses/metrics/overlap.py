@@ -1,12 +1,7 @@
 """Keras metrics of overlap: the RPDL paper's Dice and RPD [000, Eq. 5-6]
 and the confusion-matrix rates (sensitivity, specificity, precision)."""
 
-from keras_seglosses._core import (
-    check_choice,
-    check_map_index,
-    check_number,
-    register_metric,
-)
+from keras_seglosses._core import check_map_index, check_number, register_metric
 from keras_seglosses.metrics import functional
 from keras_seglosses.metrics._common import SegMetric, check_empty
 
