@@ -766,11 +766,13 @@ def _distance_matrix(value):
         raise ValueError("Invalid value for argument `distance_matrix`. Expected a square "
                          "matrix of at least 2 x 2 class distances. Received: "
                          f"distance_matrix={value!r}")
-    if not np.all(np.isfinite(m)) or np.any(m < 0) or np.any(np.diag(m) != 0):
+    if (not np.all(np.isfinite(m)) or np.any(m < 0) or np.any(np.diag(m) != 0)
+            or not m.max() > 0):
         raise ValueError("Invalid value for argument `distance_matrix`. Expected finite, "
-                         "non-negative distances with a zero diagonal. Received: "
+                         "non-negative distances with a zero diagonal, not all 0. Received: "
                          f"distance_matrix={m.tolist()!r}")
-    return m.tolist()
+    # The score needs distances in [0, 1] (its true positives are 1 - W).
+    return (m / m.max()).tolist()
 
 
 @register
@@ -790,7 +792,8 @@ class GeneralizedWassersteinDice(SegLoss):
     Args:
         distance_matrix: `(C, C)` class distances (finite, >= 0, zero
             diagonal), C the classes of the prediction (2 for one sigmoid
-            channel), class 0 the background.
+            channel), class 0 the background; divided by its largest entry,
+            as MONAI does, since the score needs distances in [0, 1].
         weighting: `"default"` (Fidon et al.: every foreground class 1,
             background 0) or `"gdl"` (`1 / (V_c + 1)`, V_c the class's
             ground-truth volume in the sample), MONAI's `weighting_mode`.

@@ -452,6 +452,15 @@ def test_generalized_wasserstein_dice_matches_equation_and_monai(weighting, rng)
     t_logits = torch.from_numpy(np.moveaxis(logits, -1, 1).astype("f4").copy())
     t_labels = torch.from_numpy(y.argmax(-1)[:, None])
     np.testing.assert_allclose(ours, theirs(t_logits, t_labels).numpy(), rtol=1e-5)
+    # a matrix whose largest distance is not 1 is rescaled to it, as MONAI does
+    scaled = ks.GeneralizedWassersteinDice(3 * GWD_MATRIX, weighting=weighting, from_logits=True)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(scaled.call(y.astype("f4"), logits.astype("f4"))), ours,
+        rtol=1e-6)
+    theirs = GeneralizedWassersteinDiceLoss(3 * GWD_MATRIX, weighting_mode=weighting.upper()
+                                            if weighting == "gdl" else weighting,
+                                            reduction="none")
+    np.testing.assert_allclose(ours, theirs(t_logits, t_labels).numpy(), rtol=1e-5)
 
 
 def test_generalized_wasserstein_dice_one_sigmoid_channel_is_two_classes(rng):
@@ -493,7 +502,8 @@ def test_generalized_wasserstein_dice_config_and_bad_matrices():
     again = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(again) is ks.GeneralizedWassersteinDice
     assert again.distance_matrix == GWD_MATRIX.tolist() and again.weighting == "gdl"
-    for bad in ([[0, 1]], [[1, 1], [1, 0]], [[0, -1], [1, 0]], "matrix", [[0.0]]):
+    for bad in ([[0, 1]], [[1, 1], [1, 0]], [[0, -1], [1, 0]], "matrix", [[0.0]],
+                [[0, 0], [0, 0]]):
         with pytest.raises(ValueError, match="`distance_matrix`"):
             ks.GeneralizedWassersteinDice(bad)
     with pytest.raises(ValueError, match="`weighting`"):
