@@ -372,7 +372,7 @@ def write_report(settings, study_dir, runs, data, command=""):
     _io.write_csv(os.path.join(study_dir, "study.csv"), rows)
     _io.write_csv(os.path.join(study_dir, "study_tests.csv"), comparisons)
     _io.write_text(os.path.join(study_dir, "study.md"), text)
-    plot_folds(settings, cases, os.path.join(study_dir, "study_folds.png"))
+    plot_folds(settings, cases, os.path.join(study_dir, "study_folds.png"), baselines)
     plot_curves(settings, study_dir, runs, os.path.join(study_dir, "study_curves.png"))
     plot_examples(settings, study_dir, cases, data, os.path.join(study_dir, "study_examples.png"))
     return text
@@ -395,9 +395,10 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def plot_folds(settings, cases, path):
+def plot_folds(settings, cases, path, baselines=None):
     """Per-fold Dice by loss: one panel per (experiment, model), each seed
-    a dot, the mean over seeds a line."""
+    a dot, the mean over seeds a line; in Experiment 2 the held-out
+    surgeon's own agreement with the others (grey, dashed)."""
     plt = _pyplot()
     panels = [(e, m) for m in settings.models for e in settings.experiments]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
@@ -415,6 +416,10 @@ def plot_folds(settings, cases, path):
             folds = sorted({r.fold for r in mine})
             means = [np.mean([scores[r] for r in mine if r.fold == f]) for f in folds]
             ax.plot([f + offset for f in folds], means, "-", color=f"C{i}", label=loss)
+        if exp == "surgeon" and baselines:
+            folds = sorted(baselines)
+            ax.plot(folds, [np.mean([c["dice"] for c in baselines[f] if c.get("surgeon") != ""])
+                            for f in folds], "--", color="0.5", label="surgeon baseline")
         ax.set_xlabel("held-out bone" if exp == "bone" else "held-out surgeon")
         ax.set_ylabel("Dice (mean of the run's cases)")
         ax.set_title(f"{exp} / {model}", fontsize=9)
