@@ -205,11 +205,21 @@ def build_parser():
     p = sub.add_parser("predict", help="predict the surgical region of new bones")
     p.add_argument("--model", required=True, help="a .keras model or an original .h5 file")
     p.add_argument("--input", required=True,
-                   help=".npy label volumes, shape (64, 64, 64) or (N, 64, 64, 64)")
+                   help=".npy label volumes, shape (D, H, W) or (N, D, H, W); another size "
+                   "than the model's input is predicted by sliding windows")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--architecture", default="unet", choices=registry.MODELS,
                    help="architecture of an .h5 file. Default: %(default)s")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="Default: %(default)s")
+    p.add_argument("--tta", default="none", choices=("none", "flips", "all"),
+                   help="test-time augmentation: the mean over the 8 flips or all 48 "
+                   "symmetries of the cube. Default: %(default)s")
+    p.add_argument("--overlap", type=float, default=0.5,
+                   help="sliding-window overlap (fraction of the window). Default: %(default)s")
+    p.add_argument("--keep-largest", action="store_true",
+                   help="keep the largest 26-connected component of each region")
+    p.add_argument("--min-size", type=int, default=0, metavar="N",
+                   help="remove components smaller than N voxels. Default: %(default)s")
 
     p = sub.add_parser("study", help="every fold, loss and seed of both experiments, "
                        "evaluated with paired statistics (does RPDL help?)")
@@ -374,8 +384,13 @@ def _cmd_evaluate(args, parser):
 def _cmd_predict(args, parser):
     from cmseg.predict import predict
 
+    if not 0 <= args.overlap < 1:
+        parser.error(f"argument --overlap: expected a fraction in [0, 1), got {args.overlap}")
+    if args.min_size < 0:
+        parser.error(f"argument --min-size: expected N >= 0, got {args.min_size}")
     predict(args.model, args.input, args.out, architecture=args.architecture,
-            batch_size=args.batch_size)
+            batch_size=args.batch_size, tta=args.tta, overlap=args.overlap,
+            keep_largest=args.keep_largest, min_size=args.min_size)
     return 0
 
 

@@ -6,6 +6,11 @@ are loaded into the matching `models3d` architecture with
 `models3d.load_original_weights`. The input holds one or more label volumes
 (anatomical labels 0..13), encoded as the model expects: one channel
 `x / 6.5 - 1` (the original's scaling) or 14 one-hot channels.
+
+Volumes of another size than the model's input are predicted by sliding
+windows (`cmseg.inference.sliding_window`: overlap 0.5, Gaussian
+weighting); `tta` averages over exact symmetries (`"flips"`, or `"all"` 48),
+and `keep_largest` / `min_size` remove stray islands from the region.
 """
 
 import os
@@ -18,7 +23,8 @@ from cmseg._io import UsageError
 
 require("matplotlib", "cmseg predict draws slices.png with it")
 
-__all__ = ["encode", "load_volumes", "load_model", "predict", "plot_slices"]
+__all__ = ["encode", "load_volumes", "load_model", "predict", "plot_slices",
+           "full_resolution"]
 
 N_LABELS = 14
 
@@ -47,10 +53,10 @@ def load_volumes(path):
     """Read and validate `.npy` label volumes.
 
     Args:
-        path: a `.npy` file of shape `(S, S, S)` or `(N, S, S, S)`.
+        path: a `.npy` file of shape `(D, H, W)` or `(N, D, H, W)`.
 
     Returns:
-        int8 array `(N, S, S, S)`.
+        int8 array `(N, D, H, W)`.
 
     Raises:
         UsageError: (a `ValueError`) naming the file and what is wrong.
@@ -65,8 +71,8 @@ def load_volumes(path):
         x = x[None]
     if x.ndim != 4 or x.shape[0] == 0:
         raise UsageError(
-            f"--input {path}: wrong shape. Expected one volume (64, 64, 64) or a stack "
-            f"(N, 64, 64, 64) of anatomical label volumes. Received: shape {x.shape}."
+            f"--input {path}: wrong shape. Expected one volume (D, H, W), e.g. (64, 64, 64), "
+            f"or a stack (N, D, H, W) of anatomical label volumes. Received: shape {x.shape}."
         )
     if x.dtype != bool and not np.issubdtype(x.dtype, np.integer):
         if not np.issubdtype(x.dtype, np.floating) or not np.all(np.round(x) == x):
@@ -81,14 +87,6 @@ def load_volumes(path):
             f"0..{N_LABELS - 1}. Received values from {lo:g} to {hi:g}."
         )
     return x.astype(np.int8)
-
-
-def _check_spatial(path, x, spatial):
-    if any(want is not None and want != got for want, got in zip(spatial, x.shape[1:])):
-        raise UsageError(
-            f"--input {path}: wrong shape. The model takes volumes of shape "
-            f"{tuple(spatial)}. Received: shape {x.shape[1:]} per volume."
-        )
 
 
 def full_resolution(model):
@@ -172,26 +170,58 @@ def plot_slices(x, region, path, max_rows=4):
 
 
 def predict(model_path, input_path, out, architecture="unet", batch_size=2, threshold=0.5,
-            log=print):
+            tta="none", overlap=0.5, keep_largest=False, min_size=0, log=print):
     """Predict and write `region.npy` (int8, binary at `threshold`),
     `probability.npy` (float32) and `slices.png` into `out`.
 
+    Args:
+        tta: `"none"`, `"flips"` (8 flips) or `"all"` (the 48 symmetries of
+            the cube): the mean prediction over them. Defaults to `"none"`.
+        overlap: window overlap when a volume is not the model's input
+            size. Defaults to `0.5`.
+        keep_largest: bool, keep the largest 26-connected component of
+            each region. Defaults to `False`.
+        min_size: int, remove components smaller than this many voxels
+            (0: none). Defaults to `0`.
+
     Returns:
-        `(region, probability)` arrays of shape `(N, S, S, S)`.
+        `(region, probability)` arrays of shape `(N, D, H, W)`.
     """
+    from cmseg import inference
+
+    if tta not in inference.TTA_MODES:
+        raise UsageError(f"Invalid value for --tta. Expected one of "
+                         f"{', '.join(inference.TTA_MODES)}. Received: --tta {tta}")
     x = load_volumes(input_path)
-    model = load_model(model_path, architecture, size=x.shape[1])
+    cubic = len(set(x.shape[1:])) == 1
+    model = load_model(model_path, architecture, size=x.shape[1] if cubic else 64)
     shape = tuple(model.input_shape[1:])
-    _check_spatial(input_path, x, shape[:-1])
     encoding = "onehot" if shape[-1] == N_LABELS else "scaled"
-    prob = model.predict(encode(x, encoding), batch_size=batch_size, verbose=0)
-    prob = np.asarray(prob, np.float32)[..., 0]
-    region = (prob > threshold).astype(np.int8)
+    patch = tuple(s if s is not None else d for s, d in zip(shape[:-1], x.shape[1:]))
+
+    def run(batch):
+        return model.predict(batch, batch_size=batch_size, verbose=0)
+
+    def whole(volume):
+        if volume.shape[:-1] == patch:
+            return run(volume[None])[0]
+        return inference.sliding_window(run, volume, patch, overlap=overlap,
+                                        batch_size=batch_size)
+
+    encoded = encode(x, encoding)
+    windows = "" if x.shape[1:] == patch else f", sliding {patch} windows"
+    prob = np.stack([inference.symmetric_mean(whole, v, mode=tta) for v in encoded])[..., 0]
+    region = prob > threshold
+    if keep_largest:
+        region = np.stack([inference.keep_largest_component(r) for r in region])
+    if min_size:
+        region = np.stack([inference.remove_small_components(r, min_size) for r in region])
+    region = region.astype(np.int8)
     os.makedirs(out, exist_ok=True)
-    _io.save_npy(os.path.join(out, "probability.npy"), prob)
+    _io.save_npy(os.path.join(out, "probability.npy"), prob.astype(np.float32))
     _io.save_npy(os.path.join(out, "region.npy"), region)
     plot_slices(x, region, os.path.join(out, "slices.png"))
     fractions = ", ".join(f"{100 * r.mean():.2f}%" for r in region[:8])
-    log(f"{out}: {len(x)} volume(s), predicted region {fractions} of the volume -> "
-        "region.npy, probability.npy, slices.png")
+    log(f"{out}: {len(x)} volume(s){windows}, tta {tta}, predicted region {fractions} of the "
+        "volume -> region.npy, probability.npy, slices.png")
     return region, prob

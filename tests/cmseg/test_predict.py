@@ -103,10 +103,13 @@ def test_bad_input_volumes(tmp_path, array, message):
 def test_input_errors_exit_2(tmp_path, capsys):
     model_path = str(tmp_path / "m.keras")
     _model().save(model_path)
-    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8, 8), np.int8))
+    np.save(tmp_path / "x.npy", np.zeros((2, 2, 8, 8, 8), np.int8))
     assert main(["predict", "--model", model_path, "--input", str(tmp_path / "x.npy"),
                  "--out", str(tmp_path / "o")]) == 2
-    assert "The model takes volumes of shape (16, 16, 16)" in capsys.readouterr().err
+    assert "Expected one volume (D, H, W)" in capsys.readouterr().err
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "x.npy"),
+                 "--out", str(tmp_path / "o"), "--overlap", "1.0"]) == 2
+    assert "--overlap: expected a fraction in [0, 1)" in capsys.readouterr().err
     assert main(["predict", "--model", model_path, "--input", str(tmp_path / "none.npy"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "file missing" in capsys.readouterr().err
@@ -126,6 +129,26 @@ def test_input_errors_exit_2(tmp_path, capsys):
     assert f"--input {tmp_path / 'bad.npy'}: unreadable" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
     assert (tmp_path / "bad.keras").read_bytes() == b"not a zip file"  # inputs untouched
+
+
+def test_other_sizes_slide_windows_with_tta_and_post_processing(tmp_path, rng):
+    """A volume of another size than the model's input: sliding windows
+    (the output has the input's shape); flips TTA and the largest
+    component run on it."""
+    from scipy import ndimage
+
+    model_path = str(tmp_path / "m.keras")
+    _model().save(model_path)
+    x = rng.integers(0, 14, (21, 16, 19)).astype(np.int8)
+    np.save(tmp_path / "odd.npy", x)
+    out = tmp_path / "o"
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "odd.npy"),
+                 "--out", str(out), "--tta", "flips", "--keep-largest"]) == 0
+    region, prob = np.load(out / "region.npy"), np.load(out / "probability.npy")
+    assert region.shape == prob.shape == (1, 21, 16, 19)
+    labels, n = ndimage.label(region[0], structure=np.ones((3, 3, 3)))
+    assert n <= 1
+    np.testing.assert_array_equal(region[0] > 0, (prob[0] > 0.5) if n == 0 else region[0] > 0)
 
 
 def test_encode_onehot():
