@@ -171,10 +171,10 @@ def _convergence(study_dir, runs):
         out[run] = {
             "epochs": len(rows),
             "best_epoch": int(np.nanargmin(val)) + 1,
-            "val_loss": val[-1],
-            "loss": train[-1],
+            "final_val_loss": val[-1],
+            "final_train_loss": train[-1],
             "val_change": change(val),
-            "loss_change": change(train),
+            "train_change": change(train),
         }
     return out
 
@@ -313,7 +313,7 @@ def _convergence_section(settings, conv):
             if not c:
                 continue
             change = np.asarray([v["val_change"] for v in c])
-            train = np.asarray([v["loss_change"] for v in c])
+            train = np.asarray([v["train_change"] for v in c])
             rows.append([exp, loss, len(c), f"{np.median([v['best_epoch'] for v in c]):.0f} of "
                          f"{c[0]['epochs']}",
                          f"{np.median(train) * 100:+.1f} %",

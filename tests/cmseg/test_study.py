@@ -165,6 +165,8 @@ def test_killed_study_stops_its_trainings_then_resumes_reusing_finished_runs(dat
         assert [r["epoch"] for r in _io.read_csv(str(run / "history.csv"))] == ["1", "2", "3"]
     rows = _io.read_csv(str(out / "study.csv"))
     assert len(rows) == 6 and all(r["finished"] == "True" for r in rows)
+    assert sorted({r["loss"] for r in rows}) == ["dl", "rpdl"]  # not the final loss value
+    assert all(float(r["final_val_loss"]) > 0 and r["best_epoch"] for r in rows)
     text = (out / "study.md").read_text()
     assert "6 of 6 runs finished" in text
     assert "| rpdl − dl | Dice | 3 |" in text
