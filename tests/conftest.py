@@ -92,5 +92,19 @@ def _float32_policy():
     keras.config.set_dtype_policy("float32")
 
 
+@pytest.fixture(autouse=True)
+def _no_op_determinism_leak():
+    """In-process deterministic training (`cmseg train --deterministic`, the
+    demo) turns on TensorFlow's op determinism for the whole process; later
+    tests must not inherit it (XLA then refuses, e.g., max-pool gradients)."""
+    yield
+    if "tensorflow" in sys.modules:
+        # not in TensorFlow's public API (only `enable_op_determinism` is)
+        from tensorflow.python.framework import config as tf_config
+
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
+
+
 def pytest_report_header(config):
     return f"keras backend: {BACKEND} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')})"

@@ -13,6 +13,11 @@ Conventions as MONAI's `SoftclDiceLoss` and `SoftDiceclDiceLoss` (whose
 values the tests reproduce): the sums run over the spatial axes and the
 kept channels together, one value per sample; `include_background=False`
 drops channel 0 when there are several.
+
+The gradient of max-pooling has no deterministic XLA kernel in TensorFlow
+2.21: with TensorFlow's op determinism on (`cmseg train --deterministic`)
+a compiled TensorFlow training step with these losses raises
+`UnimplementedError`; JAX and torch are unaffected.
 """
 
 from keras import ops
