@@ -410,17 +410,7 @@ def _datasets(data, config, targets, initial_epoch=0):
                .batch(config.batch_size, drop_remainder=True))
     elif config.validation_steps:
         val = val.repeat().take(config.validation_steps)
-    if config.deep_supervision:
-        # one full-resolution target per output; each output's loss reduces it
-        n = _n_outputs(config)
-        train, val = (d.map(lambda x, y: (x, (y,) * n)) for d in (train, val))
     return train, val, steps
-
-
-def _n_outputs(config):
-    """Outputs of the model: isensee2017's segmentation levels with deep
-    supervision (its default 3), else 1."""
-    return 3 if config.deep_supervision else 1
 
 
 def _build_model(config, size):
@@ -574,6 +564,11 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
     state["pos_weight"] = pos_weight
     if datasets is not None:
         train_ds, val_ds, steps = datasets
+        if len(model.outputs) > 1:
+            # deep supervision: the full-resolution target once per output,
+            # which each output's loss reduces to its resolution
+            n = len(model.outputs)
+            train_ds, val_ds = (d.map(lambda x, y: (x, (y,) * n)) for d in (train_ds, val_ds))
         if keras.backend.backend() != "tensorflow":
             # Each iterator of a tf.data pipeline reshuffles afresh, and
             # Keras on JAX and torch opens an extra one (to build the model
