@@ -11,7 +11,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_seglosses.targets import MapRead, n_packed_maps
+from keras_seglosses.targets import MapRead, n_packed_maps, require_map
 
 # Losses and metrics are registered under different packages because some
 # share a class name (the `Dice` loss and the `Dice` metric).
@@ -51,8 +51,13 @@ class SegLoss(keras.losses.Loss):
 
     map_kind = None
     label_kind = "labels"
+    #: False for a loss that cannot take an ignore mask (`mask_index`).
+    maskable = True
 
     def __init__(self, fn, *, reduction, name, dtype, **hyperparameters):
+        if "mask_index" in hyperparameters:
+            hyperparameters["mask_index"] = check_mask_slot(
+                hyperparameters["mask_index"], hyperparameters.get("map_index"))
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.fn = fn
         self._fn_kwargs = hyperparameters
@@ -80,17 +85,38 @@ class SegLoss(keras.losses.Loss):
         """The packed maps `call` reads: a tuple of `targets.MapRead`, empty
         when the loss reads the labels only or computes its map."""
         index = self._fn_kwargs.get("map_index")
-        if self.map_kind is None or index is None:
-            return ()
-        return (MapRead(self.map_kind, index, self.map_slots(n_classes)),)
+        reads = ()
+        if self.map_kind is not None and index is not None:
+            reads = (MapRead(self.map_kind, index, self.map_slots(n_classes)),)
+        return reads + mask_reads(self._fn_kwargs.get("mask_index"))
 
 
-def check_map_index(map_index, allow_none=True):
-    """Validate a `map_index` argument: `None` (compute the map, where the
-    loss can) or an int >= 0, a packed slot."""
+def mask_reads(mask_index):
+    """`(MapRead("mask", mask_index, 1),)`, or `()` without a mask."""
+    return () if mask_index is None else (MapRead("mask", mask_index, 1),)
+
+
+def check_map_index(map_index, allow_none=True, name="map_index"):
+    """Validate a `map_index` argument (or another slot argument `name`):
+    `None` (compute the map, where the loss can) or an int >= 0, a packed
+    slot."""
     if map_index is None and allow_none:
         return None
-    return int(check_number("map_index", map_index, low=0, integer=True))
+    return int(check_number(name, map_index, low=0, integer=True))
+
+
+def check_mask_slot(mask_index, map_index=None):
+    """Validate a `mask_index` (`None`, or a packed slot other than the one
+    `map_index` reads) and return it."""
+    if mask_index is None:
+        return None
+    mask_index = check_map_index(mask_index, allow_none=False, name="mask_index")
+    if map_index is not None and mask_index == map_index:
+        raise ValueError(
+            "Invalid value for argument `mask_index`. Expected a packed slot other "
+            f"than the map's (`map_index={map_index}`). Received: mask_index={mask_index}"
+        )
+    return mask_index
 
 
 # --------------------------------------------------------------------- inputs
@@ -143,13 +169,56 @@ def split_targets(y_true, y_pred, name):
     return y_true, y_true[..., : y_pred.shape[-1]], y_pred
 
 
-def prepare(y_true, y_pred, from_logits, name):
+def prepare(y_true, y_pred, from_logits, name, mask_index=None):
     """Validate, then return `(y_true, labels, probs)`, all float32.
 
     `y_true` is the whole packed target, `labels` its first C channels.
+    With `mask_index` (see `ignore_mask`) all three are zero at ignored
+    voxels, so that every sum over voxels leaves them out and neither their
+    labels, maps nor predictions reach the value or the gradient; losses
+    that average over voxels divide by the counted voxels instead
+    (`voxel_mean(x, mask=...)`).
     """
     y_true, labels, y_pred = split_targets(y_true, y_pred, name)
-    return y_true, labels, probabilities(y_pred, from_logits)
+    probs = probabilities(y_pred, from_logits)
+    mask = ignore_mask(y_true, probs.shape[-1], mask_index, name)
+    if mask is None:
+        return y_true, labels, probs
+    return apply_mask(y_true, mask), labels * mask, probs * mask
+
+
+def ignore_mask(y_true, n_classes, mask_index, name):
+    """The ignore mask packed at map slot `mask_index` (a voxel counts where
+    it is above 0.5 and is ignored elsewhere; MONAI's `MaskedLoss` mask,
+    nnU-Net's ignore label) as 0 and 1, float32
+    `(batch, *spatial, C)` without gradient, or `None` when `mask_index` is
+    `None`. A missing slot raises a `ValueError` that says how to pack it.
+
+    Each channel masks its class; terms that mix the classes of a voxel
+    (softmax cross entropy) count the voxel by its smallest channel
+    (`voxel_weight`).
+    """
+    if mask_index is None:
+        return None
+    packed = require_map(y_true, n_classes, mask_index, name, "ignore mask")
+    # binary, as the metrics' surfaces need: a soft weight would enter twice
+    # where a masked input meets a masked mean
+    return ops.stop_gradient(ops.cast(packed > 0.5, "float32"))
+
+
+def apply_mask(x, mask):
+    """`x` `(batch, *spatial, k C)` (a packed target, or any C-channel
+    tensor) times `mask` `(batch, *spatial, C)` on every C-channel group."""
+    groups = x.shape[-1] // mask.shape[-1]
+    if groups == 1:
+        return x * mask
+    return x * ops.tile(mask, (1,) * (len(x.shape) - 1) + (groups,))
+
+
+def voxel_weight(mask):
+    """One weight per voxel, `(batch, *spatial)`, from a C-channel mask: its
+    smallest channel (a voxel counts where every class counts)."""
+    return mask[..., 0] if mask.shape[-1] == 1 else ops.min(mask, axis=-1)
 
 
 def per_channel(fn, x):
@@ -242,9 +311,19 @@ def voxel_sum(x):
 _SUM_BLOCK = 128
 
 
-def voxel_mean(x):
+def voxel_mean(x, mask=None):
     """Mean over every non-batch axis: `(batch, ...) -> (batch,)` (computed
-    as `voxel_sum`)."""
+    as `voxel_sum`).
+
+    With `mask` (a weight of `x`'s shape, or `(batch, *spatial, C)` for a
+    per-voxel `x` `(batch, *spatial)`, see `voxel_weight`) the weighted mean
+    `sum(mask x) / sum(mask)`: the mean over the counted voxels, 0 for a
+    sample without any.
+    """
+    if mask is not None:
+        if len(mask.shape) == len(x.shape) + 1:
+            mask = voxel_weight(mask)
+        return ops.divide_no_nan(voxel_sum(x * mask), voxel_sum(mask))
     shape = tuple(x.shape[1:])
     if None in shape:
         return ops.mean(x, axis=tuple(range(1, len(x.shape))))

@@ -35,6 +35,32 @@ def np_rpd(y, p, m):
     return np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
 
 
+def np_masked_counts(y, p, mask, threshold=0.5):
+    """Confusion counts of `P' = 1[p > threshold]` against `y`, counting
+    only the voxels where `mask > 0.5`, per sample and channel: a dict of
+    `"tp"`, `"fp"`, `"fn"`, `"tn"` (int arrays `(batch, C)`)."""
+    g, pb, keep = np.asarray(y) > 0.5, np.asarray(p) > threshold, np.asarray(mask) > 0.5
+    axes = tuple(range(1, g.ndim - 1))
+    return {"tp": (g & pb & keep).sum(axes), "fp": (~g & pb & keep).sum(axes),
+            "fn": (g & ~pb & keep).sum(axes), "tn": (~g & ~pb & keep).sum(axes)}
+
+
+def np_masked_overlaps(y, p, mask, threshold=0.5):
+    """Dice, sensitivity, specificity and precision of the `np_masked_counts`,
+    per sample and channel: a dict of float arrays `(batch, C)`, NaN where a
+    denominator is 0 (Dice too: both counted masks empty)."""
+    c = {k: v.astype(np.float64) for k, v in np_masked_counts(y, p, mask, threshold).items()}
+
+    def ratio(num, den):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+    return {"dice": ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"]),
+            "sensitivity": ratio(c["tp"], c["tp"] + c["fn"]),
+            "specificity": ratio(c["tn"], c["tn"] + c["fp"]),
+            "precision": ratio(c["tp"], c["tp"] + c["fp"])}
+
+
 def on_volume(fn):
     """`fn` of `(batch, *spatial, C)` arrays as a function of single volumes
     `(*spatial)` returning a Python float (`on_volume(np_dice)(a, b)`)."""
@@ -100,6 +126,35 @@ def random_case(rng, shape, softmax):
     return y, p, logits
 
 
+# ------------------------------------------------------------ ignore masks
+
+
+def random_ignore_mask(rng, shape, fraction=0.25):
+    """An ignore mask (1 counts, 0 ignored) for arrays of `shape`
+    `(batch, *spatial, C)`, the same in every channel: about `fraction` of
+    the voxels at random, plus a block around the centre (so that it cuts
+    through objects and changes their distance maps and skeletons)."""
+    spatial = shape[1:-1]
+    mask = (rng.random((shape[0], *spatial, 1)) >= fraction).astype(np.float64)
+    block = tuple(slice(s // 4, s // 4 + max(s // 3, 1)) for s in spatial)
+    mask[(slice(None), *block)] = 0.0
+    return np.repeat(mask, shape[-1], axis=-1)
+
+
+def perturb_ignored(rng, mask, *arrays):
+    """Each array with other values where `mask` is 0: binary arrays
+    flipped, others redrawn over their range (and beyond)."""
+    out = []
+    for a in arrays:
+        a = np.asarray(a, np.float64)
+        if set(np.unique(a)) <= {0.0, 1.0}:
+            other = 1.0 - a
+        else:
+            other = rng.uniform(a.min() - 1.0, a.max() + 1.0, a.shape)
+        out.append(np.where(mask == 0, other, a))
+    return out
+
+
 # ------------------------------------------------------- distances and maps
 
 
@@ -110,6 +165,31 @@ def np_surface(mask):
     mask = np.asarray(mask, bool)
     cross = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=0)
+
+
+def np_surface_metrics(g, p, spacing, tolerance, q=95):
+    """Voxel-convention surface metrics of two non-empty masks of one volume,
+    surfaces by `np_surface`, distances by scipy's exact Euclidean distance
+    transform, percentiles by `numpy.percentile`: a dict with the keys
+
+    `"hd max"` (the larger directed percentile, MONAI), `"hd pooled"` (both
+    directed sets together, medpy), `"hd mean"` (their mean), `"hd directed"`
+    (prediction to ground truth), `"asd mean"`, `"asd pooled"`,
+    `"asd directed"` likewise for the mean distance, and `"nsd voxel"`
+    (boundary voxels within `tolerance` of the other surface, both ways,
+    over all boundary voxels)."""
+    sg, sp = np_surface(g), np_surface(p)
+    d_gp = ndimage.distance_transform_edt(~sp, sampling=spacing)[sg]
+    d_pg = ndimage.distance_transform_edt(~sg, sampling=spacing)[sp]
+    both = np.concatenate([d_gp, d_pg])
+    hd_gp, hd_pg = np.percentile(d_gp, q), np.percentile(d_pg, q)
+    return {
+        "hd max": max(hd_gp, hd_pg), "hd pooled": np.percentile(both, q),
+        "hd mean": 0.5 * (hd_gp + hd_pg), "hd directed": hd_pg,
+        "asd mean": 0.5 * (d_gp.mean() + d_pg.mean()), "asd pooled": both.mean(),
+        "asd directed": d_pg.mean(),
+        "nsd voxel": float((both <= tolerance).sum()) / both.size,
+    }
 
 
 def np_signed(y, spacing=None):

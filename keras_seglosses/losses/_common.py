@@ -6,7 +6,7 @@ import math
 import keras
 from keras import ops
 
-from keras_seglosses._core import per_channel, prepare
+from keras_seglosses._core import apply_mask, ignore_mask, per_channel, prepare
 from keras_seglosses.ops.distance import signed_distance
 
 
@@ -45,16 +45,28 @@ def boundary_distance(x, spacing=None):
 
 
 # ------------------------------------------------------------ cross entropy
-def _sides(y_true, y_pred, from_logits, multi_label, name):
+def _sides(y_true, y_pred, from_logits, multi_label, name, mask_index=None):
     """Labels, probabilities and log-probabilities of the expanded classes.
 
-    Returns `(y_true, sides, sigmoid)`. `sides` is a list of `(g, s, log_s)`
-    triples of shape `(batch, *spatial, C)`: one for softmax (the C
-    classes), two for sigmoid channels (background `1 - s`, foreground `s`),
-    kept apart rather than concatenated to save memory traffic.
+    Returns `(y_true, sides, sigmoid, mask)`. `sides` is a list of
+    `(g, s, log_s)` triples of shape `(batch, *spatial, C)`: one for softmax
+    (the C classes), two for sigmoid channels (background `1 - s`,
+    foreground `s`), kept apart rather than concatenated to save memory
+    traffic. `mask` is the ignore mask (`ignore_mask`) or None; `y_true` is
+    then zero at ignored voxels (maps computed from it treat them as
+    background), but the sides are not: a background side would turn a
+    zeroed voxel into a confident one, so the callers weight each voxel's
+    terms by the mask instead.
     """
     # without `from_logits`, `prepare` only casts: these are the raw outputs
     y_true, labels, logits = prepare(y_true, y_pred, False, name)
+    mask = ignore_mask(y_true, logits.shape[-1], mask_index, name)
+    if mask is not None:
+        y_true, labels = apply_mask(y_true, mask), labels * mask
+    return (y_true, *_expand(labels, logits, from_logits, multi_label), mask)
+
+
+def _expand(labels, logits, from_logits, multi_label):
     sigmoid = multi_label or logits.shape[-1] == 1
     eps = keras.config.epsilon()
     if sigmoid:
@@ -65,12 +77,12 @@ def _sides(y_true, y_pred, from_logits, multi_label, name):
             s = logits
             clipped = ops.clip(logits, eps, 1.0 - eps)
             log_fg, log_bg = ops.log(clipped), ops.log(1.0 - clipped)
-        return y_true, [(1.0 - labels, 1.0 - s, log_bg), (labels, s, log_fg)], True
+        return [(1.0 - labels, 1.0 - s, log_bg), (labels, s, log_fg)], True
     if from_logits:
         probs, log_s = ops.softmax(logits, axis=-1), ops.log_softmax(logits, axis=-1)
     else:
         probs, log_s = logits, ops.log(ops.clip(logits, eps, 1.0 - eps))
-    return y_true, [(labels, probs, log_s)], False
+    return [(labels, probs, log_s)], False
 
 
 def _voxel_values(terms, sigmoid):

@@ -8,6 +8,13 @@ package's native distance ops (`keras_seglosses.ops`), computed inside the
 loss, or are read from `y_true` when precomputed and packed
 (`pack_targets(labels, map)`); either way no gradient flows through them.
 Spatial inputs must be 2D or 3D (what the distance ops support).
+
+With an ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`)
+the maps are those of the masked labels and prediction (an ignored voxel is
+background there), and the voxel means run over the counted voxels. MONAI's
+`MaskedLoss` multiplies input and target by the mask as well, but its mean
+still divides by every voxel: its value is this one times the counted
+fraction of the volume.
 """
 
 from keras import ops
@@ -16,6 +23,7 @@ from keras_seglosses._core import (
     SegLoss,
     check_map_index,
     check_number,
+    ignore_mask,
     per_sample,
     prepare,
     register,
@@ -36,33 +44,45 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ functions
+def _class_means(x, mask):
+    """Mean over the spatial axes of `x` `(batch, *spatial, C)`, zero at
+    ignored voxels, per class: over the voxels `mask` counts (0 for a class
+    without any), over all of them without a mask."""
+    axes = spatial_axes(x)
+    if mask is None:
+        return ops.mean(x, axis=axes)
+    return ops.divide_no_nan(ops.sum(x, axis=axes), ops.sum(mask, axis=axes))
+
+
 def boundary(
     y_true, y_pred, *, from_logits=False, include_background=False, map_index=None,
-    spacing=None,
+    spacing=None, mask_index=None,
 ):
     """Per-sample boundary loss [004, Eq. 19-20].
 
     `(1/N) sum_i phi_G(i) s_i` per class, `phi_G` the signed distance of the
     ground truth (negative inside): computed with
     `keras_seglosses.ops.signed_distance` when `map_index` is None, else read
-    from packed map slot `map_index`; the mean over classes.
+    from packed map slot `map_index`; the mean over classes. With an ignore
+    mask (slot `mask_index`) `phi_G` is that of the masked labels and the
+    mean runs over the counted voxels: `sum_i m_i phi_G(i) s_i / sum_i m_i`.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, g, s = prepare(y_true, y_pred, from_logits, "Boundary")
+    y_true, g, s = prepare(y_true, y_pred, from_logits, "Boundary", mask_index)
     c = s.shape[-1]
     phi = packed_or_computed(
         y_true, c, map_index, lambda: signed_distance_map(g, spacing), "Boundary",
         "signed distance map",
     )
-    per_class = ops.mean(phi * s, axis=spatial_axes(s))
-    return per_sample(per_class, s, False, include_background)
+    mask = ignore_mask(y_true, c, mask_index, "Boundary")
+    return per_sample(_class_means(phi * s, mask), s, False, include_background)
 
 
 def hausdorff_dt(
     y_true, y_pred, *, alpha=2.0, from_logits=False, include_background=False,
-    map_index=None, spacing=None, log=False,
+    map_index=None, spacing=None, log=False, mask_index=None,
 ):
     """Per-sample distance-transform Hausdorff loss [004, Eq. 21].
 
@@ -71,12 +91,14 @@ def hausdorff_dt(
     (`boundary_distance`; 0 for an empty mask), S the prediction thresholded
     at 0.5; `d_G` is computed when `map_index` is None, else read from packed
     map slot `map_index`. The mean over classes; with `log`, `log(1 + HD)`
-    of that mean.
+    of that mean. With an ignore mask (slot `mask_index`) `d_G` and `d_S`
+    are those of the masked labels and prediction, and the mean runs over
+    the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, g, s = prepare(y_true, y_pred, from_logits, "HausdorffDT")
+    y_true, g, s = prepare(y_true, y_pred, from_logits, "HausdorffDT", mask_index)
     c = s.shape[-1]
     d_g = packed_or_computed(
         y_true, c, map_index, lambda: boundary_distance(g, spacing), "HausdorffDT",
@@ -84,7 +106,9 @@ def hausdorff_dt(
     )
     d_s = boundary_distance(ops.stop_gradient(s), spacing)
     weight = ops.power(d_g, alpha) + ops.power(d_s, alpha)
-    per_class = ops.mean(ops.square(s - g) * weight, axis=spatial_axes(s))
+    # s = g = 0 at ignored voxels: the squared error leaves them out
+    mask = ignore_mask(y_true, c, mask_index, "HausdorffDT")
+    per_class = _class_means(ops.square(s - g) * weight, mask)
     value = per_sample(per_class, s, False, include_background)
     return ops.log1p(value) if log else value
 
@@ -115,6 +139,13 @@ class Boundary(SegLoss):
             that holds it (map kind `"phi"`). Defaults to `None`.
         spacing: voxel size (a number or one per spatial axis) for computed
             maps. Defaults to `None` (1).
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`), not
+            `map_index`. `phi_G` is then computed from the masked labels (an
+            ignored voxel is background), a packed `phi_G` is masked, and the
+            mean runs over the counted voxels, so ignored voxels change
+            neither value nor gradient. MONAI's `MaskedLoss` divides by all
+            voxels instead. Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -134,8 +165,8 @@ class Boundary(SegLoss):
     map_kind = "phi"
 
     def __init__(self, from_logits=False, include_background=False, map_index=None,
-                 spacing=None, reduction="sum_over_batch_size", name="boundary",
-                 dtype=None):
+                 spacing=None, mask_index=None, reduction="sum_over_batch_size",
+                 name="boundary", dtype=None):
         super().__init__(
             boundary,
             reduction=reduction,
@@ -145,6 +176,7 @@ class Boundary(SegLoss):
             include_background=bool(include_background),
             map_index=check_map_index(map_index),
             spacing=spacing_argument(spacing),
+            mask_index=mask_index,  # validated by SegLoss, against map_index too
         )
 
 
@@ -177,6 +209,15 @@ class HausdorffDT(SegLoss):
             the same for one sample, or with `reduction="none"`; over a
             batch MONAI gives the log of the mean, this the mean of the
             logs). Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`), not
+            `map_index`. `d_G` and `d_S` are then those of the masked labels
+            and prediction (an ignored voxel is background), a packed `d_G`
+            is masked, and the mean runs over the counted voxels, so ignored
+            voxels change neither value nor gradient. MONAI's
+            `MaskedLoss(HausdorffDTLoss)` computes the same maps but divides
+            by all voxels: its value is this one times the counted fraction.
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -195,8 +236,8 @@ class HausdorffDT(SegLoss):
     map_kind = "distance"
 
     def __init__(self, alpha=2.0, from_logits=False, include_background=False,
-                 map_index=None, spacing=None, log=False, reduction="sum_over_batch_size",
-                 name="hausdorff_dt", dtype=None):
+                 map_index=None, spacing=None, log=False, mask_index=None,
+                 reduction="sum_over_batch_size", name="hausdorff_dt", dtype=None):
         super().__init__(
             hausdorff_dt,
             reduction=reduction,
@@ -208,4 +249,5 @@ class HausdorffDT(SegLoss):
             map_index=check_map_index(map_index),
             spacing=spacing_argument(spacing),
             log=bool(log),
+            mask_index=mask_index,
         )

@@ -228,6 +228,7 @@ def _signature(cls):
                    for ours, theirs in member.arguments.items()]
     params += [
         P("from_logits", P.POSITIONAL_OR_KEYWORD, default=False),
+        P("mask_index", P.POSITIONAL_OR_KEYWORD, default=None),
         P("reduction", P.POSITIONAL_OR_KEYWORD, default="sum_over_batch_size"),
         P("name", P.POSITIONAL_OR_KEYWORD, default=cls.default_name),
         P("dtype", P.POSITIONAL_OR_KEYWORD, default=None),
@@ -240,7 +241,8 @@ class _FixedCompound(Compound):
     constructor takes each member's weight and the member arguments listed
     there (with the member's own defaults), builds the members, and
     `get_config` is those arguments, not the member list. `from_logits`
-    means the same for every member. Arguments read as attributes
+    and `mask_index` (an ignore mask's slot) mean the same for every
+    member. Arguments read as attributes
     (`DiceCE().smooth`)."""
 
     members_spec = ()
@@ -257,10 +259,12 @@ class _FixedCompound(Compound):
         arguments = dict(bound.arguments)
         keras_args = {k: arguments.pop(k) for k in ("reduction", "name", "dtype")}
         from_logits = bool(arguments["from_logits"])
+        mask_index = arguments["mask_index"]
         members = []
         for spec in type(self).members_spec:
             passed = {theirs: arguments[ours] for ours, theirs in spec.arguments.items()}
-            loss = spec.loss(from_logits=from_logits, **passed)
+            loss = spec.loss(from_logits=from_logits, mask_index=mask_index, **passed)
+            mask_index = loss.mask_index  # validated
             # the member validated and normalized its arguments: keep its values
             for ours, theirs in spec.arguments.items():
                 arguments[ours] = getattr(loss, theirs)
@@ -271,6 +275,7 @@ class _FixedCompound(Compound):
                 )
             members.append((loss, weight))
         arguments["from_logits"] = from_logits
+        arguments["mask_index"] = mask_index
         self._arguments = arguments
         super().__init__(members, **keras_args)
 
@@ -296,6 +301,8 @@ class DiceCE(_FixedCompound):
         smooth, squared, batch, include_background, soft_label: the `Dice`
             arguments (defaults `1.0`, `False`, `True`, `True`, `False`).
         from_logits: bool, for both terms. Defaults to `False`.
+        mask_index: `None` or the packed slot of an ignore mask, for both
+            terms (see `ignore_mask`). Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -329,6 +336,8 @@ class DiceFocal(_FixedCompound):
         gamma: float >= 0, the focal exponent. Defaults to `2.0`.
         alpha: the `Focal` class weights. Defaults to `None`.
         from_logits: bool, for both terms. Defaults to `False`.
+        mask_index: `None` or the packed slot of an ignore mask, for both
+            terms (see `ignore_mask`). Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -364,6 +373,8 @@ class DiceTopK(_FixedCompound):
             arguments (defaults `1.0`, `False`, `True`, `True`, `False`).
         k: percentage of the worst voxels kept. Defaults to `10`.
         from_logits: bool, for both terms. Defaults to `False`.
+        mask_index: `None` or the packed slot of an ignore mask, for both
+            terms (see `ignore_mask`). Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -402,6 +413,8 @@ class DiceBoundary(_FixedCompound):
         map_index, spacing: the `Boundary` arguments. Default to `None`
             (phi computed from the labels), `None`.
         from_logits: bool, for both terms. Defaults to `False`.
+        mask_index: `None` or the packed slot of an ignore mask, for both
+            terms (see `ignore_mask`). Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -458,6 +471,8 @@ class DiceHD(_FixedCompound):
         map_index, spacing: the `HausdorffDT` arguments. Default to `None`
             (d_G computed from the labels), `None`.
         from_logits: bool, for both terms. Defaults to `False`.
+        mask_index: `None` or the packed slot of an ignore mask, for both
+            terms (see `ignore_mask`). Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -485,20 +500,23 @@ class DiceHD(_FixedCompound):
 # ------------------------------------------------------ exponential log
 def exp_log(
     y_true, y_pred, *, w_dice=0.8, w_ce=0.2, gamma=0.3, smooth=1.0, batch=False,
-    class_weights=None, from_logits=False, include_background=True,
+    class_weights=None, from_logits=False, include_background=True, mask_index=None,
 ):
     """Per-sample exponential logarithmic loss [004, Eq. 23].
 
     `w_dice mean_c (-log Dice_c)^gamma + w_ce mean_i w_c (-log s_i^c)^gamma`,
     `Dice_c = (2 sum g s + e) / (sum (g + s) + e)`, c in the CE term the true
     class of voxel i (the background of a sigmoid channel counts as a class),
-    `w_c` from `class_weights` or 1.
+    `w_c` from `class_weights` or 1. With an ignore mask (slot `mask_index`)
+    the sums and the mean run over the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, sides, sigmoid = _sides(y_true, y_pred, from_logits, False, "ExpLog")
+    _, sides, sigmoid, mask = _sides(y_true, y_pred, from_logits, False, "ExpLog", mask_index)
     g, s, _ = sides[-1]  # the labels and probabilities of the C channels
+    if mask is not None:
+        s = s * mask
     dice_c = (2.0 * region_sum(g * s, batch) + smooth) / (region_sum(g + s, batch) + smooth)
     dice_term = per_sample(
         _safe_power(-ops.log(dice_c), gamma), s, batch, include_background
@@ -508,7 +526,7 @@ def exp_log(
         weights = _side_weights(class_weights, sides, sigmoid, "class_weights")
         terms = [w * t for w, t in zip(weights, terms)]
     ce = _voxel_values(terms, sigmoid)
-    return w_dice * dice_term + w_ce * voxel_mean(ce)
+    return w_dice * dice_term + w_ce * voxel_mean(ce, mask)
 
 
 @register
@@ -535,6 +553,9 @@ class ExpLog(SegLoss):
             Defaults to `None`.
         from_logits: bool. Defaults to `False`.
         include_background: bool, for the Dice term. Defaults to `True`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -552,7 +573,7 @@ class ExpLog(SegLoss):
 
     def __init__(self, w_dice=0.8, w_ce=0.2, gamma=0.3, smooth=1.0, batch=False,
                  class_weights=None, from_logits=False, include_background=True,
-                 reduction="sum_over_batch_size", name="exp_log", dtype=None):
+                 mask_index=None, reduction="sum_over_batch_size", name="exp_log", dtype=None):
         super().__init__(
             exp_log,
             reduction=reduction,
@@ -566,4 +587,5 @@ class ExpLog(SegLoss):
             class_weights=_check_weights("class_weights", class_weights, True),
             from_logits=bool(from_logits),
             include_background=bool(include_background),
+            mask_index=mask_index,
         )

@@ -9,6 +9,12 @@ lost (a binary label stays binary; nnU-Net and MONAI resample with nearest
 neighbours instead, which can drop thin structures); packed maps behind the
 labels by average-pooling.
 
+An ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`) is
+reduced so that a coarse voxel counts only where all its fine voxels count
+(min-pooling), and labels and maps are zeroed at ignored voxels before they
+are pooled: ignored fine voxels change no coarse target. (MONAI's
+`DeepSupervisionLoss` takes no mask.)
+
 Keras 3 applies one loss per output in `compile`, so there are two ways in:
 
     loss = ks.DeepSupervision(ks.RewardPenaltyDice(), weights="exp")
@@ -24,8 +30,8 @@ level weights as `loss_weights`; the total is the same as the wrapper's.
 import keras
 from keras import ops
 
-from keras_seglosses._core import register
-from keras_seglosses.targets import map_reads
+from keras_seglosses._core import apply_mask, check_mask_slot, register
+from keras_seglosses.targets import map_reads, require_map
 
 __all__ = ["supervision_weights", "downsample_targets", "DownsampledTarget", "DeepSupervision",
            "SUPERVISION_WEIGHTS"]
@@ -61,13 +67,18 @@ def supervision_weights(n_outputs, weights="exp"):
     return values
 
 
-def downsample_targets(y_true, spatial, n_classes):
+def downsample_targets(y_true, spatial, n_classes, mask_index=None):
     """`y_true` `(batch, *S, K)` reduced to the spatial shape `spatial`.
 
     Each spatial size of `y_true` must be an integer multiple of the one in
     `spatial`. The first `n_classes` channels (the labels) are max-pooled,
     the others (packed maps) average-pooled, over non-overlapping windows of
     that factor.
+
+    With `mask_index`, the packed slot of an ignore mask (1 counts, 0
+    ignored), the mask is min-pooled (a coarse voxel counts only if all its
+    fine voxels do) and the labels and the other maps are zeroed at ignored
+    voxels before pooling, so that the values there reach no coarse voxel.
 
     Returns:
         float32 tensor `(batch, *spatial, K)`.
@@ -86,10 +97,20 @@ def downsample_targets(y_true, spatial, n_classes):
     if all(k == 1 for k in factor):
         return y_true
     pool = dict(pool_size=factor, strides=factor, padding="valid", data_format="channels_last")
+    mask = None
+    if mask_index is not None:
+        mask = require_map(y_true, n_classes, mask_index, "DeepSupervision", "ignore mask")
+        y_true = apply_mask(y_true, mask)
     labels = ops.max_pool(y_true[..., :n_classes], **pool)
     if y_true.shape[-1] == n_classes:
         return labels
-    return ops.concatenate([labels, ops.average_pool(y_true[..., n_classes:], **pool)], axis=-1)
+    maps = ops.average_pool(y_true[..., n_classes:], **pool)
+    if mask is None:
+        return ops.concatenate([labels, maps], axis=-1)
+    start = mask_index * n_classes
+    coarse_mask = -ops.max_pool(-mask, **pool)
+    return ops.concatenate(
+        [labels, maps[..., :start], coarse_mask, maps[..., start + n_classes:]], axis=-1)
 
 
 def _per_sample(values):
@@ -101,6 +122,10 @@ def _per_sample(values):
 
 class _Wrapper(keras.losses.Loss):
     """A loss around `self.loss` that reads what it reads."""
+
+    def _set_loss(self, loss, mask_index):
+        self.loss = _with_mask(_loss_from(loss), mask_index)
+        self.mask_index = _mask_slot(self.loss)
 
     @property
     def label_kind(self):
@@ -119,6 +144,45 @@ def _loss_from(config):
     return config if isinstance(config, keras.losses.Loss) else keras.saving.deserialize_keras_object(config)
 
 
+def _with_mask(loss, mask_index):
+    """`loss`, rebuilt from its config to read the ignore mask at
+    `mask_index` when it does not yet (a copy: the caller's loss may be
+    shared)."""
+    mask_index = check_mask_slot(mask_index)
+    if mask_index is None:
+        return loss
+    config = loss.get_config()
+    if "mask_index" not in config:
+        raise ValueError(
+            "Invalid value for argument `mask_index`. Expected `None` for a wrapped loss "
+            f"without an ignore mask (`{type(loss).__name__}` takes no `mask_index`; "
+            f"give it to its members). Received: mask_index={mask_index}"
+        )
+    if config["mask_index"] is None:
+        return type(loss).from_config({**config, "mask_index": mask_index})
+    if config["mask_index"] != mask_index:
+        raise ValueError(
+            "Invalid value for argument `mask_index`. Expected `None` or the wrapped "
+            f"loss's own `mask_index={config['mask_index']}`. Received: "
+            f"mask_index={mask_index}"
+        )
+    return loss
+
+
+def _mask_slot(loss):
+    """The one ignore-mask slot `loss` reads, or `None`."""
+    slots = sorted({read.index for read in map_reads(loss) if read.kind == "mask"})
+    if len(slots) > 1:
+        # zeroing the labels by one mask before pooling would corrupt them
+        # for a member that counts those voxels
+        raise ValueError(
+            "Invalid value for argument `loss`. Expected a loss that reads at most one "
+            "ignore mask slot, shared by all its members. Received: a loss reading "
+            f"ignore masks at slots {slots}"
+        )
+    return slots[0] if slots else None
+
+
 @register
 class DownsampledTarget(_Wrapper):
     """`loss` on the target reduced to the prediction's resolution
@@ -128,22 +192,31 @@ class DownsampledTarget(_Wrapper):
     Args:
         loss: a `keras.losses.Loss` (any of this package's, packed targets
             included).
+        mask_index: `None` or int >= 0, the packed slot of an ignore mask (1
+            counts, 0 ignored), given to `loss` (a copy of it, as
+            `loss.mask_index`); `None` keeps the mask `loss` reads, if any.
+            The mask is min-pooled with the target (see
+            `downsample_targets`), so ignored voxels change neither value nor
+            gradient at any resolution. Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
     """
 
-    def __init__(self, loss, reduction="sum_over_batch_size", name=None, dtype=None):
-        self.loss = _loss_from(loss)
+    def __init__(self, loss, mask_index=None, reduction="sum_over_batch_size", name=None,
+                 dtype=None):
+        self._set_loss(loss, mask_index)
         super().__init__(reduction=reduction, name=name or f"{self.loss.name}_downsampled",
                          dtype=dtype)
 
     def call(self, y_true, y_pred):
-        y_true = downsample_targets(y_true, y_pred.shape[1:-1], y_pred.shape[-1])
+        y_true = downsample_targets(y_true, y_pred.shape[1:-1], y_pred.shape[-1],
+                                    self.mask_index)
         return _per_sample(self.loss.call(y_true, y_pred))
 
     def get_config(self):
-        return {**super().get_config(), "loss": _config_of(self.loss)}
+        return {**super().get_config(), "loss": _config_of(self.loss),
+                "mask_index": self.mask_index}
 
     @classmethod
     def from_config(cls, config):
@@ -156,13 +229,15 @@ class DeepSupervision(_Wrapper):
 
     `L = sum_l w_l loss(down_l(y_true), y_pred_l)`, `y_pred` the list of
     outputs finest first and `down_l` the reduction of the target to output
-    l's resolution (labels max-pooled, packed maps average-pooled; see
-    `downsample_targets`).
+    l's resolution (labels max-pooled, packed maps average-pooled, an
+    ignore mask min-pooled; see `downsample_targets`).
 
     Args:
         loss: a `keras.losses.Loss`.
         weights: `"exp"` (1, 1/2, 1/4, ...; MONAI's default), `"same"` or a
             list with one weight per output. Defaults to `"exp"`.
+        mask_index: `None` or int >= 0, the packed slot of an ignore mask,
+            given to `loss` as `DownsampledTarget` does. Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -181,9 +256,9 @@ class DeepSupervision(_Wrapper):
         MONAI's `DeepSupervisionLoss`.
     """
 
-    def __init__(self, loss, weights="exp", reduction="sum_over_batch_size",
+    def __init__(self, loss, weights="exp", mask_index=None, reduction="sum_over_batch_size",
                  name="deep_supervision", dtype=None):
-        self.loss = _loss_from(loss)
+        self._set_loss(loss, mask_index)
         if isinstance(weights, str):
             supervision_weights(1, weights)  # validates the name
         else:
@@ -212,7 +287,7 @@ class DeepSupervision(_Wrapper):
 
     def get_config(self):
         return {**super().get_config(), "loss": _config_of(self.loss),
-                "weights": self.weights}
+                "weights": self.weights, "mask_index": self.mask_index}
 
     @classmethod
     def from_config(cls, config):

@@ -23,6 +23,7 @@ from keras_seglosses._core import (
     spatial_axes,
     voxel_mean,
     voxel_sum,
+    voxel_weight,
 )
 from keras_seglosses.losses._common import (
     _check_weights,
@@ -51,20 +52,22 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ functions
-def cross_entropy(y_true, y_pred, *, from_logits=False, multi_label=False):
+def cross_entropy(y_true, y_pred, *, from_logits=False, multi_label=False, mask_index=None):
     """Per-sample cross entropy [004, Eq. 1].
 
-    `-(1/N) sum_i sum_c g_i^c log s_i^c` over the N voxels of a sample.
+    `-(1/N) sum_i sum_c g_i^c log s_i^c` over the N voxels of a sample
+    (the counted voxels, with an ignore mask at slot `mask_index`).
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, sides, sigmoid = _sides(y_true, y_pred, from_logits, multi_label, "CrossEntropy")
-    return voxel_mean(_voxel_values([-g * log_s for g, _, log_s in sides], sigmoid))
+    _, sides, sigmoid, mask = _sides(
+        y_true, y_pred, from_logits, multi_label, "CrossEntropy", mask_index)
+    return voxel_mean(_voxel_values([-g * log_s for g, _, log_s in sides], sigmoid), mask)
 
 
 def weighted_cross_entropy(
-    y_true, y_pred, *, class_weights, from_logits=False, multi_label=False
+    y_true, y_pred, *, class_weights, from_logits=False, multi_label=False, mask_index=None
 ):
     """Per-sample weighted cross entropy [004, Eq. 2].
 
@@ -75,12 +78,12 @@ def weighted_cross_entropy(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, sides, sigmoid = _sides(
-        y_true, y_pred, from_logits, multi_label, "WeightedCrossEntropy"
+    _, sides, sigmoid, mask = _sides(
+        y_true, y_pred, from_logits, multi_label, "WeightedCrossEntropy", mask_index
     )
     weights = _side_weights(class_weights, sides, sigmoid, "class_weights")
     terms = [-w * g * log_s for w, (g, _, log_s) in zip(weights, sides)]
-    return voxel_mean(_voxel_values(terms, sigmoid))
+    return voxel_mean(_voxel_values(terms, sigmoid), mask)
 
 
 def _pooled(value, like):
@@ -102,21 +105,28 @@ _BLOCK = 128
 _FIELD = 256
 
 
-def _top_k_mean(values, k):
+def _top_k_mean(values, k, n_counted=None):
     """Mean of the `ceil(k% * n)` largest of the non-negative 1-D `values`.
 
     With `tau` the exact `count`-th largest value, the top values are those
     above `tau` plus `count - #{values > tau}` copies of `tau`; the values
     tied at `tau` share that weight equally (a subgradient; the same value).
+    `n_counted` (a tensor) replaces n, the length of `values`, when only
+    that many are candidates (the others are -1).
     """
     n = values.shape[0]
+    if n_counted is not None:
+        count = ops.maximum(ops.ceil(k / 100.0 * n_counted), 1.0)
     if n is None:  # unknown batch size, e.g. a tf.data pipeline without drop_remainder
-        count = ops.maximum(ops.ceil(k / 100.0 * ops.cast(ops.shape(values)[0], "float32")), 1.0)
+        if n_counted is None:
+            count = ops.maximum(
+                ops.ceil(k / 100.0 * ops.cast(ops.shape(values)[0], "float32")), 1.0)
 
         def partial_sums(x):
             return x
     else:
-        count = float(max(1, math.ceil(k / 100.0 * n)))
+        if n_counted is None:
+            count = float(max(1, math.ceil(k / 100.0 * n)))
         # -1 is below every threshold (they are >= 0) and gets no weight
         values = ops.pad(values, [(0, -n % _BLOCK)], constant_values=-1.0)
         values = ops.reshape(values, (-1, _BLOCK))
@@ -141,9 +151,13 @@ def _top_k_mean(values, k):
         ]
 
     frozen = ops.stop_gradient(values)
-    if keras.backend.backend() == "torch":
+    if keras.backend.backend() == "torch" and n_counted is None:
         # torch's native top-k is fast, and eager loops are not
         tau = ops.min(ops.top_k(ops.reshape(frozen, (-1,)), int(count), sorted=False)[0])
+    elif keras.backend.backend() == "torch":
+        # a count known only at run time: the count-th largest after a sort
+        flat = ops.sort(ops.reshape(frozen, (-1,)))
+        tau = ops.take(flat, ops.cast(ops.shape(flat)[0] - ops.cast(count, "int32"), "int32"))
     else:
         # the largest float tau with #{values >= tau} >= count, which is the
         # exact count-th largest value
@@ -167,33 +181,46 @@ def _top_k_mean(values, k):
 
 
 def top_k(
-    y_true, y_pred, *, k=10.0, threshold=None, from_logits=False, multi_label=False
+    y_true, y_pred, *, k=10.0, threshold=None, from_logits=False, multi_label=False,
+    mask_index=None,
 ):
     """TopK cross entropy over the whole mini-batch [004, Eq. 3-4].
 
     Percentage variant (`threshold=None`): the mean per-voxel cross entropy of
     the `ceil(k% * voxels)` worst voxels of the batch. Threshold variant: the
     mean of `-log s_i^c` over the (voxel, true class) pairs with
-    `s_i^c < threshold`; 0 when there are none.
+    `s_i^c < threshold`; 0 when there are none. With an ignore mask (slot
+    `mask_index`) only counted voxels are candidates, and the percentage is
+    of the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`, the batch value repeated.
     """
-    _, sides, sigmoid = _sides(y_true, y_pred, from_logits, multi_label, "TopK")
+    _, sides, sigmoid, mask = _sides(y_true, y_pred, from_logits, multi_label, "TopK",
+                                     mask_index)
     like = sides[0][1]
     if threshold is not None:
         total, count = 0.0, 0.0
         for g, s, log_s in sides:
             hard = g * ops.cast(s < threshold, "float32")
+            if mask is not None:
+                hard = hard * mask
             total = total + _total(-hard * log_s)
             count = count + _total(hard)
         return _pooled(ops.divide_no_nan(total, count), like)
-    ce = _voxel_values([-g * log_s for g, _, log_s in sides], sigmoid)
-    return _pooled(_top_k_mean(ops.reshape(ce, (-1,)), k), like)
+    ce = ops.reshape(_voxel_values([-g * log_s for g, _, log_s in sides], sigmoid), (-1,))
+    if mask is None:
+        return _pooled(_top_k_mean(ce, k), like)
+    counted = ops.reshape(voxel_weight(mask), (-1,)) > 0
+    # -1 is below every cross entropy: an ignored voxel is never among the top
+    ce = ops.where(counted, ce, -1.0)
+    n = _total(ops.cast(counted, "float32"))
+    return _pooled(ops.where(n > 0, _top_k_mean(ce, k, n), 0.0), like)
 
 
 def focal(
-    y_true, y_pred, *, gamma=2.0, alpha=None, from_logits=False, multi_label=False
+    y_true, y_pred, *, gamma=2.0, alpha=None, from_logits=False, multi_label=False,
+    mask_index=None,
 ):
     """Per-sample focal loss [004, Eq. 5].
 
@@ -204,7 +231,8 @@ def focal(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, sides, sigmoid = _sides(y_true, y_pred, from_logits, multi_label, "Focal")
+    _, sides, sigmoid, mask = _sides(y_true, y_pred, from_logits, multi_label, "Focal",
+                                     mask_index)
     # (1 - s) can be a tiny negative through float error; gamma may be < 1.
     terms = [
         -ops.power(ops.maximum(1.0 - s, 0.0), gamma) * g * log_s for g, s, log_s in sides
@@ -221,7 +249,7 @@ def focal(
             alpha = (1.0 - alpha, alpha)
         weights = _side_weights(alpha, sides, sigmoid, "alpha")
         terms = [w * t for w, t in zip(weights, terms)]
-    return voxel_mean(_voxel_values(terms, sigmoid))
+    return voxel_mean(_voxel_values(terms, sigmoid), mask)
 
 
 def dpce_penalty_map(labels, spacing=None):
@@ -253,19 +281,22 @@ def dpce_penalty_map(labels, spacing=None):
 
 
 def distance_penalized_cross_entropy(
-    y_true, y_pred, *, from_logits=False, multi_label=False, map_index=None, spacing=None
+    y_true, y_pred, *, from_logits=False, multi_label=False, map_index=None, spacing=None,
+    mask_index=None,
 ):
     """Per-sample distance-map penalized cross entropy [004, Eq. 6].
 
     `-(1/N) sum_i sum_c (1 + D_i^c) g_i^c log s_i^c` with D from
     `dpce_penalty_map`, computed from the labels when `map_index` is None,
-    else read from packed map slot `map_index`.
+    else read from packed map slot `map_index`. With an ignore mask (slot
+    `mask_index`) D is computed from the masked labels (ignored voxels are
+    background) and the mean runs over the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, sides, sigmoid = _sides(
-        y_true, y_pred, from_logits, multi_label, "DistancePenalizedCrossEntropy"
+    y_true, sides, sigmoid, mask = _sides(
+        y_true, y_pred, from_logits, multi_label, "DistancePenalizedCrossEntropy", mask_index
     )
     c = sides[0][0].shape[-1]
     penalty = packed_or_computed(
@@ -273,7 +304,8 @@ def distance_penalized_cross_entropy(
         "DistancePenalizedCrossEntropy", "DPCE penalty map",
     )
     weight = 1.0 + penalty
-    return voxel_mean(_voxel_values([-weight * g * log_s for g, _, log_s in sides], sigmoid))
+    return voxel_mean(
+        _voxel_values([-weight * g * log_s for g, _, log_s in sides], sigmoid), mask)
 
 
 # -------------------------------------------------------------------- classes
@@ -300,6 +332,9 @@ class CrossEntropy(_DistributionLoss):
             softmax for several. Defaults to `False`.
         multi_label: bool; treat every channel as an independent sigmoid
             output. Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -320,11 +355,13 @@ class CrossEntropy(_DistributionLoss):
         self,
         from_logits=False,
         multi_label=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="cross_entropy",
         dtype=None,
     ):
-        super().__init__(cross_entropy, from_logits, multi_label, reduction, name, dtype)
+        super().__init__(cross_entropy, from_logits, multi_label, reduction, name, dtype,
+                         mask_index=mask_index)
 
 
 @register
@@ -339,6 +376,9 @@ class WeightedCrossEntropy(_DistributionLoss):
             for sigmoid channels, one weight per class for softmax.
         from_logits: bool. Defaults to `False`.
         multi_label: bool, independent sigmoid channels. Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -360,12 +400,14 @@ class WeightedCrossEntropy(_DistributionLoss):
         class_weights,
         from_logits=False,
         multi_label=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="weighted_cross_entropy",
         dtype=None,
     ):
         super().__init__(
             weighted_cross_entropy, from_logits, multi_label, reduction, name, dtype,
+            mask_index=mask_index,
             class_weights=_check_weights("class_weights", class_weights),
         )
 
@@ -390,6 +432,9 @@ class TopK(_DistributionLoss):
             to `None`.
         from_logits: bool. Defaults to `False`.
         multi_label: bool, independent sigmoid channels. Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): `(batch,)`, the batch value repeated.
@@ -413,6 +458,7 @@ class TopK(_DistributionLoss):
         threshold=None,
         from_logits=False,
         multi_label=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="top_k",
         dtype=None,
@@ -420,7 +466,7 @@ class TopK(_DistributionLoss):
         if threshold is not None:
             threshold = float(check_number("threshold", threshold, 0, 1, low_open=True))
         super().__init__(
-            top_k, from_logits, multi_label, reduction, name, dtype,
+            top_k, from_logits, multi_label, reduction, name, dtype, mask_index=mask_index,
             k=float(check_number("k", k, low=0, high=100, low_open=True)),
             threshold=threshold,
         )
@@ -441,6 +487,9 @@ class Focal(_DistributionLoss):
             class for softmax. Defaults to `None`.
         from_logits: bool. Defaults to `False`.
         multi_label: bool, independent sigmoid channels. Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -463,6 +512,7 @@ class Focal(_DistributionLoss):
         alpha=None,
         from_logits=False,
         multi_label=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="focal",
         dtype=None,
@@ -472,7 +522,7 @@ class Focal(_DistributionLoss):
         elif alpha is not None:
             alpha = _check_weights("alpha", alpha)
         super().__init__(
-            focal, from_logits, multi_label, reduction, name, dtype,
+            focal, from_logits, multi_label, reduction, name, dtype, mask_index=mask_index,
             gamma=float(check_number("gamma", gamma, low=0)), alpha=alpha,
         )
 
@@ -495,6 +545,9 @@ class DistancePenalizedCrossEntropy(_DistributionLoss):
             holds it (map kind `"dpce"`). Defaults to `None`.
         spacing: voxel size (a number or one per spatial axis) for computed
             maps. Defaults to `None` (1).
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -520,11 +573,13 @@ class DistancePenalizedCrossEntropy(_DistributionLoss):
         multi_label=False,
         map_index=None,
         spacing=None,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="distance_penalized_cross_entropy",
         dtype=None,
     ):
         super().__init__(
             distance_penalized_cross_entropy, from_logits, multi_label, reduction, name,
-            dtype, map_index=check_map_index(map_index), spacing=spacing_argument(spacing),
+            dtype, mask_index=mask_index, map_index=check_map_index(map_index),
+            spacing=spacing_argument(spacing),
         )

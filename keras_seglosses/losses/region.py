@@ -10,6 +10,8 @@ values (channel 0 left out with `include_background=False`), except the
 generalized Dice family whose weighted sums run over classes by definition.
 Soft overlaps use only three reductions, `sum g s`, `sum g`, `sum s`:
 false positives are `sum s - sum g s`, false negatives `sum g - sum g s`.
+With an ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`)
+every sum runs over the counted voxels only.
 """
 
 from keras import ops
@@ -18,10 +20,12 @@ from keras_seglosses._core import (
     SegLoss,
     check_choice,
     check_number,
+    ignore_mask,
     per_sample,
     prepare,
     region_sum,
     register,
+    voxel_weight,
 )
 from keras_seglosses.losses._common import _safe_power
 
@@ -47,7 +51,7 @@ __all__ = [
 ]
 
 
-def _overlaps(y_true, y_pred, from_logits, batch, name, soft_label=False):
+def _overlaps(y_true, y_pred, from_logits, batch, name, soft_label=False, mask_index=None):
     """`(tp, sum g, sum s, s)`: per-class soft overlaps, `(batch, C)` or `(C,)`.
 
     With `soft_label`, `tp = (|g|_1 + |s|_1 - |g - s|_1) / 2` (MONAI's
@@ -56,7 +60,7 @@ def _overlaps(y_true, y_pred, from_logits, batch, name, soft_label=False):
     every loss built on it, which `sum g s` does not (it prefers s = 1
     wherever g > 0.5).
     """
-    _, g, s = prepare(y_true, y_pred, from_logits, name)
+    _, g, s = prepare(y_true, y_pred, from_logits, name, mask_index)
     sg, ss = region_sum(g, batch), region_sum(s, batch)
     if soft_label:
         tp = 0.5 * (sg + ss - region_sum(ops.abs(g - s), batch))
@@ -74,7 +78,7 @@ def _select_classes(values, include_background):
 # ------------------------------------------------------------------ functions
 def sensitivity_specificity(
     y_true, y_pred, *, w=0.1, smooth=1.0, batch=False, from_logits=False,
-    include_background=True,
+    include_background=True, mask_index=None,
 ):
     """Per-sample sensitivity-specificity loss [004, Eq. 7].
 
@@ -84,16 +88,21 @@ def sensitivity_specificity(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, g, s = prepare(y_true, y_pred, from_logits, "SensitivitySpecificity")
+    y_true, g, s = prepare(y_true, y_pred, from_logits, "SensitivitySpecificity", mask_index)
     err = ops.square(g - s)
     fg = region_sum(err * g, batch) / (region_sum(g, batch) + smooth)
-    bg = region_sum(err * (1.0 - g), batch) / (region_sum(1.0 - g, batch) + smooth)
+    # the background term is the one that an ignored voxel (g = s = 0) would enter
+    not_g = 1.0 - g
+    mask = ignore_mask(y_true, s.shape[-1], mask_index, "SensitivitySpecificity")
+    if mask is not None:
+        not_g = not_g * mask
+    bg = region_sum(err * not_g, batch) / (region_sum(not_g, batch) + smooth)
     return per_sample(w * fg + (1.0 - w) * bg, s, batch, include_background)
 
 
 def iou(
     y_true, y_pred, *, smooth=1.0, batch=False, from_logits=False, include_background=True,
-    soft_label=False,
+    soft_label=False, mask_index=None,
 ):
     """Per-sample soft IoU (Jaccard) loss [004, Eq. 10].
 
@@ -104,7 +113,7 @@ def iou(
         Tensor of shape `(batch,)`.
     """
     tp, sg, ss, s = _overlaps(
-        y_true, y_pred, from_logits, batch, "IoU", soft_label
+        y_true, y_pred, from_logits, batch, "IoU", soft_label, mask_index
     )
     loss = 1.0 - (tp + smooth) / (sg + ss - tp + smooth)
     return per_sample(loss, s, batch, include_background)
@@ -112,7 +121,7 @@ def iou(
 
 def tversky(
     y_true, y_pred, *, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
-    include_background=True, soft_label=False,
+    include_background=True, soft_label=False, mask_index=None,
 ):
     """Per-sample Tversky loss [004, Eq. 14].
 
@@ -124,7 +133,7 @@ def tversky(
         Tensor of shape `(batch,)`.
     """
     tp, sg, ss, s = _overlaps(
-        y_true, y_pred, from_logits, batch, "Tversky", soft_label
+        y_true, y_pred, from_logits, batch, "Tversky", soft_label, mask_index
     )
     loss = _tversky_per_class(tp, sg, ss, alpha, beta, smooth)
     return per_sample(loss, s, batch, include_background)
@@ -137,7 +146,7 @@ def _tversky_per_class(tp, sg, ss, alpha, beta, smooth):
 
 def focal_tversky(
     y_true, y_pred, *, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
-    from_logits=False, include_background=True, soft_label=False,
+    from_logits=False, include_background=True, soft_label=False, mask_index=None,
 ):
     """Per-sample focal Tversky loss [004, Eq. 16].
 
@@ -148,7 +157,7 @@ def focal_tversky(
         Tensor of shape `(batch,)`.
     """
     tp, sg, ss, s = _overlaps(
-        y_true, y_pred, from_logits, batch, "FocalTversky", soft_label
+        y_true, y_pred, from_logits, batch, "FocalTversky", soft_label, mask_index
     )
     loss = _safe_power(_tversky_per_class(tp, sg, ss, alpha, beta, smooth), gamma)
     return per_sample(loss, s, batch, include_background)
@@ -156,7 +165,7 @@ def focal_tversky(
 
 def asymmetric_similarity(
     y_true, y_pred, *, beta=1.5, smooth=1.0, batch=False, from_logits=False,
-    include_background=True, soft_label=False,
+    include_background=True, soft_label=False, mask_index=None,
 ):
     """Per-sample asymmetric similarity loss [004, Eq. 17].
 
@@ -168,7 +177,7 @@ def asymmetric_similarity(
     """
     b2 = beta * beta
     tp, sg, ss, s = _overlaps(
-        y_true, y_pred, from_logits, batch, "AsymmetricSimilarity", soft_label
+        y_true, y_pred, from_logits, batch, "AsymmetricSimilarity", soft_label, mask_index
     )
     loss = _tversky_per_class(tp, sg, ss, 1.0 / (1.0 + b2), b2 / (1.0 + b2), smooth)
     return per_sample(loss, s, batch, include_background)
@@ -180,12 +189,13 @@ GD_WEIGHTINGS = ("square", "simple", "uniform")
 
 
 def _generalized_dice_coefficient(y_true, y_pred, smooth, batch, from_logits,
-                                  include_background, name, soft_label, weighting="square"):
+                                  include_background, name, soft_label, weighting="square",
+                                  mask_index=None):
     """`(GD, s)`: `(2 sum_c w_c TP_c + e) / (sum_c w_c (G_c + S_c) + e)`,
     `w_c = 1 / G_c^2` (`"square"`, Sudre et al.), `1 / G_c` (`"simple"`) or
     1 (`"uniform"`); an absent class (G_c = 0) gets the largest weight of
     the present ones, as MONAI does, instead of an infinite one."""
-    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, name, soft_label)
+    tp, sg, ss, s = _overlaps(y_true, y_pred, from_logits, batch, name, soft_label, mask_index)
     tp, sg, ss = (_select_classes(v, include_background) for v in (tp, sg, ss))
     if weighting == "uniform":
         w = ops.ones_like(sg)
@@ -209,7 +219,7 @@ def _repeat(values, like, batch):
 
 def generalized_dice(
     y_true, y_pred, *, smooth=1e-5, batch=False, from_logits=False, include_background=True,
-    soft_label=False, weighting="square"
+    soft_label=False, weighting="square", mask_index=None,
 ):
     """Per-sample generalized Dice loss [004, Eq. 15].
 
@@ -222,14 +232,14 @@ def generalized_dice(
     """
     gd, s = _generalized_dice_coefficient(
         y_true, y_pred, smooth, batch, from_logits, include_background, "GeneralizedDice",
-        soft_label, weighting,
+        soft_label, weighting, mask_index,
     )
     return _repeat(1.0 - gd, s, batch)
 
 
 def penalty_generalized_dice(
     y_true, y_pred, *, k=2.5, smooth=1e-5, batch=False, from_logits=False,
-    include_background=True, soft_label=False, weighting="square",
+    include_background=True, soft_label=False, weighting="square", mask_index=None,
 ):
     """Per-sample penalty generalized Dice loss [004, Eq. 18].
 
@@ -242,7 +252,7 @@ def penalty_generalized_dice(
     """
     gd, s = _generalized_dice_coefficient(
         y_true, y_pred, smooth, batch, from_logits, include_background,
-        "PenaltyGeneralizedDice", soft_label, weighting,
+        "PenaltyGeneralizedDice", soft_label, weighting, mask_index,
     )
     return _repeat(1.0 - gd / (1.0 + k * (1.0 - gd)), s, batch)
 
@@ -260,7 +270,7 @@ def _two_classes(x):
 
 
 def generalized_wasserstein_dice(y_true, y_pred, *, distance_matrix, weighting="default",
-                                 smooth=1e-5, from_logits=False):
+                                 smooth=1e-5, from_logits=False, mask_index=None):
     """Per-sample generalized Wasserstein Dice loss (Fidon et al. 2017).
 
     With `W_i = sum_{k,l} g_ik M_kl p_il` the Wasserstein distance between
@@ -273,7 +283,8 @@ def generalized_wasserstein_dice(y_true, y_pred, *, distance_matrix, weighting="
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, g, p = prepare(y_true, y_pred, from_logits, "GeneralizedWassersteinDice")
+    y_true, g, p = prepare(y_true, y_pred, from_logits, "GeneralizedWassersteinDice")
+    mask = ignore_mask(y_true, p.shape[-1], mask_index, "GeneralizedWassersteinDice")
     g, p = _two_classes(g), _two_classes(p)
     c = p.shape[-1]
     m = ops.convert_to_tensor(distance_matrix, "float32")
@@ -287,6 +298,12 @@ def generalized_wasserstein_dice(y_true, y_pred, *, distance_matrix, weighting="
     g = ops.reshape(g, (batch, -1, c))
     p = ops.reshape(p, (batch, -1, c))
     w = ops.sum(ops.matmul(g, m) * p, axis=-1)
+    if mask is not None:
+        # weight the voxels, not the classes: masking one sigmoid channel
+        # would make its background class certain at an ignored voxel
+        counted = ops.reshape(voxel_weight(mask), (batch, -1))
+        g = g * counted[..., None]
+        w = w * counted
     if weighting == "gdl":
         alpha = 1.0 / (ops.sum(g, axis=1) + 1.0)
     else:
@@ -334,7 +351,8 @@ def _n_voxels(x):
     return n
 
 
-def lovasz(y_true, y_pred, *, batch=False, from_logits=False, include_background=True):
+def lovasz(y_true, y_pred, *, batch=False, from_logits=False, include_background=True,
+           mask_index=None):
     """Per-sample Lovasz loss [004, Eq. 11-13].
 
     Per class, the errors `m_i = |g_i - s_i|` (Eq. 11) go through the exact
@@ -344,7 +362,7 @@ def lovasz(y_true, y_pred, *, batch=False, from_logits=False, include_background
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, g, s = prepare(y_true, y_pred, from_logits, "Lovasz")
+    _, g, s = prepare(y_true, y_pred, from_logits, "Lovasz", mask_index)
     g, s_used = _select_classes(g, include_background), _select_classes(s, include_background)
     rank = len(s.shape)
     c = s_used.shape[-1]
@@ -392,6 +410,9 @@ class SensitivitySpecificity(_RegionLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -408,11 +429,11 @@ class SensitivitySpecificity(_RegionLoss):
     """
 
     def __init__(self, w=0.1, smooth=1.0, batch=False, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size",
+                 include_background=True, mask_index=None, reduction="sum_over_batch_size",
                  name="sensitivity_specificity", dtype=None):
         super().__init__(
             sensitivity_specificity, smooth, batch, from_logits, include_background, reduction,
-            name, dtype,
+            name, dtype, mask_index=mask_index,
             w=float(check_number("w", w, low=0, high=1)),
         )
 
@@ -437,6 +458,9 @@ class IoU(_RegionLoss):
             prediction equal to the target is the minimum (MONAI's
             `soft_label`). Identical to the default for binary targets.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -454,10 +478,11 @@ class IoU(_RegionLoss):
 
     def __init__(self, smooth=1.0, batch=False, from_logits=False,
                  include_background=True, soft_label=False,
+                 mask_index=None,
                  reduction="sum_over_batch_size", name="iou", dtype=None):
         super().__init__(
             iou, smooth, batch, from_logits, include_background, reduction,
-            name, dtype, soft_label=bool(soft_label),
+            name, dtype, mask_index=mask_index, soft_label=bool(soft_label),
         )
 
 
@@ -477,6 +502,9 @@ class Lovasz(SegLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -493,9 +521,11 @@ class Lovasz(SegLoss):
     """
 
     def __init__(self, batch=False, from_logits=False, include_background=True,
+                 mask_index=None,
                  reduction="sum_over_batch_size", name="lovasz", dtype=None):
         super().__init__(
-            lovasz, reduction=reduction, name=name, dtype=dtype, batch=bool(batch),
+            lovasz, reduction=reduction, name=name, dtype=dtype, mask_index=mask_index,
+            batch=bool(batch),
             from_logits=bool(from_logits), include_background=bool(include_background),
         )
 
@@ -527,6 +557,9 @@ class Tversky(_RegionLoss):
             prediction equal to the target is the minimum (MONAI's
             `soft_label`). Identical to the default for binary targets.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -543,11 +576,12 @@ class Tversky(_RegionLoss):
     """
 
     def __init__(self, alpha=0.3, beta=0.7, smooth=1.0, batch=False, from_logits=False,
-                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
+                 include_background=True, soft_label=False, mask_index=None,
+                 reduction="sum_over_batch_size",
                  name="tversky", dtype=None):
         super().__init__(
             tversky, smooth, batch, from_logits, include_background, reduction,
-            name, dtype, soft_label=bool(soft_label),
+            name, dtype, mask_index=mask_index, soft_label=bool(soft_label),
             alpha=float(check_number("alpha", alpha, low=0)),
             beta=float(check_number("beta", beta, low=0)),
         )
@@ -577,6 +611,9 @@ class FocalTversky(_RegionLoss):
             prediction equal to the target is the minimum (MONAI's
             `soft_label`). Identical to the default for binary targets.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -594,10 +631,11 @@ class FocalTversky(_RegionLoss):
 
     def __init__(self, alpha=0.3, beta=0.7, gamma=0.75, smooth=1.0, batch=False,
                  from_logits=False, include_background=True, soft_label=False,
+                 mask_index=None,
                  reduction="sum_over_batch_size", name="focal_tversky", dtype=None):
         super().__init__(
             focal_tversky, smooth, batch, from_logits, include_background, reduction,
-            name, dtype, soft_label=bool(soft_label),
+            name, dtype, mask_index=mask_index, soft_label=bool(soft_label),
             alpha=float(check_number("alpha", alpha, low=0)),
             beta=float(check_number("beta", beta, low=0)),
             gamma=float(check_number("gamma", gamma, low=0, low_open=True)),
@@ -626,6 +664,9 @@ class AsymmetricSimilarity(_RegionLoss):
             prediction equal to the target is the minimum (MONAI's
             `soft_label`). Identical to the default for binary targets.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -642,11 +683,12 @@ class AsymmetricSimilarity(_RegionLoss):
     """
 
     def __init__(self, beta=1.5, smooth=1.0, batch=False, from_logits=False,
-                 include_background=True, soft_label=False, reduction="sum_over_batch_size",
+                 include_background=True, soft_label=False, mask_index=None,
+                 reduction="sum_over_batch_size",
                  name="asymmetric_similarity", dtype=None):
         super().__init__(
             asymmetric_similarity, smooth, batch, from_logits, include_background, reduction,
-            name, dtype, soft_label=bool(soft_label),
+            name, dtype, mask_index=mask_index, soft_label=bool(soft_label),
             beta=float(check_number("beta", beta, low=0, low_open=True)),
         )
 
@@ -678,6 +720,9 @@ class GeneralizedDice(_RegionLoss):
             prediction equal to the target is the minimum (MONAI's
             `soft_label`). Identical to the default for binary targets.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -695,10 +740,11 @@ class GeneralizedDice(_RegionLoss):
 
     def __init__(self, smooth=1e-5, batch=False, from_logits=False,
                  include_background=True, soft_label=False, weighting="square",
+                 mask_index=None,
                  reduction="sum_over_batch_size", name="generalized_dice", dtype=None):
         super().__init__(
             generalized_dice, smooth, batch, from_logits, include_background, reduction,
-            name, dtype, soft_label=bool(soft_label),
+            name, dtype, mask_index=mask_index, soft_label=bool(soft_label),
             weighting=check_choice("weighting", weighting, GD_WEIGHTINGS),
         )
 
@@ -729,6 +775,9 @@ class PenaltyGeneralizedDice(_RegionLoss):
             prediction equal to the target is the minimum (MONAI's
             `soft_label`). Identical to the default for binary targets.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -746,10 +795,11 @@ class PenaltyGeneralizedDice(_RegionLoss):
 
     def __init__(self, k=2.5, smooth=1e-5, batch=False, from_logits=False,
                  include_background=True, soft_label=False, weighting="square",
+                 mask_index=None,
                  reduction="sum_over_batch_size", name="penalty_generalized_dice", dtype=None):
         super().__init__(
             penalty_generalized_dice, smooth, batch, from_logits, include_background, reduction,
-            name, dtype, soft_label=bool(soft_label),
+            name, dtype, mask_index=mask_index, soft_label=bool(soft_label),
             k=float(check_number("k", k, low=0)),
             weighting=check_choice("weighting", weighting, GD_WEIGHTINGS),
         )
@@ -803,6 +853,9 @@ class GeneralizedWassersteinDice(SegLoss):
         from_logits: bool; softmax (sigmoid for one channel). MONAI's
             `GeneralizedWassersteinDiceLoss` always applies a softmax: pass
             logits with `from_logits=True` to compare. Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -822,10 +875,12 @@ class GeneralizedWassersteinDice(SegLoss):
     """
 
     def __init__(self, distance_matrix, weighting="default", smooth=1e-5, from_logits=False,
+                 mask_index=None,
                  reduction="sum_over_batch_size", name="generalized_wasserstein_dice",
                  dtype=None):
         super().__init__(
             generalized_wasserstein_dice, reduction=reduction, name=name, dtype=dtype,
+            mask_index=mask_index,
             distance_matrix=_distance_matrix(distance_matrix),
             weighting=check_choice("weighting", weighting, GWD_WEIGHTINGS),
             smooth=float(check_number("smooth", smooth, low=0)),

@@ -30,6 +30,12 @@ Design decisions (also in README):
   them as part of the loss, and the public ports do not detach them);
   `adaptive_gradient=False` stops their gradient so they act as per-region
   constants re-estimated at each step.
+- Ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`): the
+  per-cell sums run over the counted voxels only (labels and prediction are
+  masked, and so is every `1 - g`, `1 - p` term), and a class counts as
+  present in a cell by its counted voxels; a cell whose voxels are all
+  ignored contributes nothing. As MONAI's `MaskedLoss`, which multiplies
+  input and target by the mask.
 """
 
 import numbers
@@ -123,10 +129,11 @@ def block_sums(x, grid):
     return ops.reshape(x, (-1, n_cells, channels))
 
 
-def _cell_sums(y_true, y_pred, grid, from_logits, name, statistics):
-    """Labels `g` and probabilities `p` prepared, then the per-cell sums of
-    each per-voxel term of `statistics(p, g)` (a list), each `(batch, R, C)`."""
-    _, g, p = prepare(y_true, y_pred, from_logits, name)
+def _cell_sums(y_true, y_pred, grid, from_logits, name, statistics, mask_index=None):
+    """Labels `g` and probabilities `p` prepared (masked, with `mask_index`),
+    then the per-cell sums of each per-voxel term of `statistics(p, g)` (a
+    list), each `(batch, R, C)`."""
+    _, g, p = prepare(y_true, y_pred, from_logits, name, mask_index)
     grid = _grid_per_axis(grid, tuple(p.shape[1:-1]), name)
     parts = statistics(p, g)
     # One fused reduction of the statistics stacked on the channel axis.
@@ -154,21 +161,23 @@ def _combine(loss, present, region_reduction):
 
 # ------------------------------------------------------------------ functions
 def region_specific_dice(
-    y_true, y_pred, *, grid=16, smooth=1e-7, region_reduction="sum", from_logits=False
+    y_true, y_pred, *, grid=16, smooth=1e-7, region_reduction="sum", from_logits=False,
+    mask_index=None,
 ):
     """Per-sample region-specific Dice loss [003, Eq. 4].
 
     For each cell `V_k` of the grid and each class,
     `1 - (2 sum_{V_k} p g + eps) / (sum_{V_k} p^2 + sum_{V_k} g^2 + eps)`;
     pairs whose ground truth lacks the class are dropped; the rest are summed
-    over cells (or averaged, see `RegionSpecificDice`).
+    over cells (or averaged, see `RegionSpecificDice`). With an ignore mask
+    (slot `mask_index`) the sums run over the counted voxels of each cell.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
     pg, sg, squares = _cell_sums(
         y_true, y_pred, grid, from_logits, "RegionSpecificDice",
-        lambda p, g: [p * g, g, p * p + g * g],
+        lambda p, g: [p * g, g, p * p + g * g], mask_index,
     )
     present = sg > 0.5
     loss = 1.0 - (2.0 * pg + smooth) / _safe(squares + smooth, present)
@@ -222,6 +231,7 @@ def adaptive_region_specific_tversky(
     region_reduction="sum",
     adaptive_gradient=True,
     from_logits=False,
+    mask_index=None,
 ):
     """Per-sample adaptive region-specific Tversky loss [003, Eq. 6-8].
 
@@ -229,7 +239,9 @@ def adaptive_region_specific_tversky(
     `1 - (TP + eps) / (TP + alpha FP + beta FN + eps)` with soft
     `TP = sum p g`, `FP = sum p (1 - g)`, `FN = sum (1 - p) g` and alpha, beta
     from `adaptive_tversky_weights`; pairs whose ground truth lacks the class
-    are dropped; the rest are summed over cells (or averaged).
+    are dropped; the rest are summed over cells (or averaged). With an
+    ignore mask (slot `mask_index`) the counts run over the counted voxels
+    of each cell.
 
     Returns:
         Tensor of shape `(batch,)`.
@@ -239,7 +251,8 @@ def adaptive_region_specific_tversky(
     # 64^3 cell with FP = 0.065 gave 0.078).
     tp, fp, fn = _cell_sums(
         y_true, y_pred, grid, from_logits, "AdaptiveRegionSpecificTversky",
-        lambda p, g: [p * g, p * (1.0 - g), (1.0 - p) * g],
+        # p and g are masked, so the `1 - g` and `1 - p` terms are too
+        lambda p, g: [p * g, p * (1.0 - g), (1.0 - p) * g], mask_index,
     )
     alpha, beta = adaptive_tversky_weights(fp, fn, A, B, smooth)
     if not adaptive_gradient:
@@ -256,15 +269,15 @@ class _GridLoss(SegLoss):
     tuple `grid` is serialized as a list (plain JSON; `_check_grid` turns it
     back into a tuple)."""
 
-    def __init__(self, fn, grid, smooth, region_reduction, from_logits, reduction, name,
-                 dtype, **kwargs):
+    def __init__(self, fn, grid, smooth, region_reduction, from_logits, mask_index, reduction,
+                 name, dtype, **kwargs):
         super().__init__(
             fn, reduction=reduction, name=name, dtype=dtype, grid=_check_grid(grid),
             smooth=float(check_number("smooth", smooth, low=0)),
             region_reduction=check_choice(
                 "region_reduction", region_reduction, {"sum", "mean"}
             ),
-            from_logits=bool(from_logits), **kwargs,
+            from_logits=bool(from_logits), mask_index=mask_index, **kwargs,
         )
 
     def get_config(self):
@@ -304,6 +317,12 @@ class RegionSpecificDice(_GridLoss):
             grids). Defaults to `"sum"`, the paper's.
         from_logits: bool; sigmoid for one channel, softmax for several.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`). The
+            per-cell sums then run over the counted voxels, a class is
+            present in a cell by its counted voxels, and a cell with none
+            counted contributes nothing: ignored voxels change neither value
+            nor gradient (MONAI's `MaskedLoss` semantics). Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Shapes: `y_pred` `(batch, *spatial, C)`, 2D or 3D; `y_true` the same
@@ -331,13 +350,14 @@ class RegionSpecificDice(_GridLoss):
         smooth=1e-7,
         region_reduction="sum",
         from_logits=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="region_specific_dice",
         dtype=None,
     ):
         super().__init__(
-            region_specific_dice, grid, smooth, region_reduction, from_logits, reduction,
-            name, dtype,
+            region_specific_dice, grid, smooth, region_reduction, from_logits, mask_index,
+            reduction, name, dtype,
         )
 
 
@@ -374,6 +394,7 @@ class AdaptiveRegionSpecificTversky(_GridLoss):
         adaptive_gradient: bool, let gradients flow through alpha and beta.
             Defaults to `True`.
         from_logits: bool. Defaults to `False`.
+        mask_index: as `RegionSpecificDice`. Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -402,6 +423,7 @@ class AdaptiveRegionSpecificTversky(_GridLoss):
         region_reduction="sum",
         adaptive_gradient=True,
         from_logits=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="adaptive_region_specific_tversky",
         dtype=None,
@@ -417,6 +439,6 @@ class AdaptiveRegionSpecificTversky(_GridLoss):
             )
         super().__init__(
             adaptive_region_specific_tversky, grid, smooth, region_reduction, from_logits,
-            reduction, name, dtype, A=float(A), B=float(B),
+            mask_index, reduction, name, dtype, A=float(A), B=float(B),
             adaptive_gradient=bool(adaptive_gradient),
         )

@@ -3,6 +3,12 @@
 `L_RW = (NK)^-1 sum_i softmax(phi_i)^T z_i`: each class probability of each
 voxel weighted by a map computed from the ground truth (`keras_seglosses.maps`)
 or read precomputed from the packed `y_true`.
+
+With an ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`)
+the map is that of the masked labels and the mean runs over the counted
+voxels. (MONAI has no region-wise loss; its `MaskedLoss`, which only
+multiplies input and target by the mask, would still divide by every voxel
+and, for one sigmoid channel, keep the `1 - p` of ignored voxels.)
 """
 
 from keras import ops
@@ -11,6 +17,7 @@ from keras_seglosses._core import (
     SegLoss,
     check_choice,
     check_map_index,
+    ignore_mask,
     prepare,
     register,
     voxel_mean,
@@ -27,7 +34,8 @@ MAP_KINDS = {"rrw": "rrw", "boundary": "rw_boundary", "ac": "rw_ac"}
 
 
 def region_wise(
-    y_true, y_pred, *, map="rrw", spacing=None, map_index=None, from_logits=False
+    y_true, y_pred, *, map="rrw", spacing=None, map_index=None, from_logits=False,
+    mask_index=None,
 ):
     """Per-sample region-wise loss [002, Eq. 1].
 
@@ -35,25 +43,43 @@ def region_wise(
     probabilities (a single sigmoid channel p becomes `[1 - p, p]`) and Z the
     region-wise map: computed from the labels with `keras_seglosses.maps`
     when `map_index` is None, else read from packed map slot `map_index`.
+    With an ignore mask (slot `mask_index`) Z is the map of the masked labels
+    and the mean runs over the counted voxels.
 
     Args:
         y_true, y_pred: as `RegionWise`.
-        map, spacing, map_index, from_logits: see `RegionWise`.
+        map, spacing, map_index, from_logits, mask_index: see `RegionWise`.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
     check_choice("map", map, set(RW_MAPS))
-    y_true, y, p = prepare(y_true, y_pred, from_logits, "RegionWise")
+    y_true, y, p = prepare(y_true, y_pred, from_logits, "RegionWise", mask_index)
     c = p.shape[-1]
+    mask = ignore_mask(y_true, c, mask_index, "RegionWise")
     if c == 1:
         p = ops.concatenate([1.0 - p, p], axis=-1)
+        if mask is not None:
+            # 1 - p is 1 at an ignored voxel, and the mean runs over K = 2
+            # classes per voxel
+            mask = ops.concatenate([mask, mask], axis=-1)
+            p = p * mask
     # K = max(C, 2) map channels: one sigmoid channel's map fills two slots
+    slots = -(-p.shape[-1] // c)
+    if map_index is not None and mask_index is not None and (
+        map_index <= mask_index < map_index + slots
+    ):
+        # `__init__` cannot see this: the map's width depends on C
+        raise ValueError(
+            "Invalid value for argument `mask_index`. Expected a packed slot outside "
+            f"the region-wise map's slots {list(range(map_index, map_index + slots))} "
+            f"(one sigmoid channel's map takes two). Received: mask_index={mask_index}"
+        )
     z = packed_or_computed(
         y_true, c, map_index, lambda: RW_MAPS[map](y, spacing), "RegionWise",
         f"{map!r} region-wise map", channels=p.shape[-1],
     )
-    return voxel_mean(p * z)
+    return voxel_mean(p * z, mask)
 
 
 @register
@@ -94,6 +120,14 @@ class RegionWise(SegLoss):
             `"rw_ac"`). Defaults to `None`.
         from_logits: bool; softmax for several channels, sigmoid for one.
             Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`), not
+            `map_index`. Z is then computed from the masked labels (an
+            ignored voxel belongs to no class of a softmax, to the background
+            of one sigmoid channel), a packed Z is masked (precompute it from
+            the masked labels to get the same loss), and the mean runs over
+            the counted voxels and the K classes, so ignored voxels change
+            neither value nor gradient. Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Shapes: `y_pred` `(batch, *spatial, C)`, 2D or 3D; `y_true` one-hot (or
@@ -121,6 +155,7 @@ class RegionWise(SegLoss):
         spacing=None,
         map_index=None,
         from_logits=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="region_wise",
         dtype=None,
@@ -134,6 +169,7 @@ class RegionWise(SegLoss):
             spacing=spacing_argument(spacing),
             map_index=check_map_index(map_index),
             from_logits=bool(from_logits),
+            mask_index=mask_index,
         )
 
     @property

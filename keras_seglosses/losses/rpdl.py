@@ -13,6 +13,7 @@ from keras_seglosses._core import (
     check_choice,
     check_map_index,
     check_number,
+    ignore_mask,
     per_sample,
     prepare,
     probabilities,
@@ -52,23 +53,28 @@ def _log_probabilities(y_pred, from_logits):
 
 # ------------------------------------------------------------------ functions
 def weighted_binary_crossentropy(
-    y_true, y_pred, *, pos_weight=1.0, voxel_reduction="mean", from_logits=False
+    y_true, y_pred, *, pos_weight=1.0, voxel_reduction="mean", from_logits=False,
+    mask_index=None,
 ):
     """Per-sample weighted binary cross entropy [000, Eq. 1].
 
     `-(1/N) sum_n [w y_n log P_n + (1 - y_n) log(1 - P_n)]`, with N the voxels
     (times channels) of one sample, or the sum instead of the mean when
-    `voxel_reduction="sum"` (the released code).
+    `voxel_reduction="sum"` (the released code). With an ignore mask (slot
+    `mask_index`) the sums and N run over the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, labels, y_pred = split_targets(y_true, y_pred, "WeightedBinaryCrossentropy")
+    y_true, labels, y_pred = split_targets(y_true, y_pred, "WeightedBinaryCrossentropy")
+    mask = ignore_mask(y_true, y_pred.shape[-1], mask_index, "WeightedBinaryCrossentropy")
     log_p, log_not_p = _log_probabilities(y_pred, from_logits)
+    if mask is not None:
+        labels = labels * mask
     ce = -(pos_weight * labels * log_p + (1.0 - labels) * log_not_p)
     if voxel_reduction == "sum":
-        return voxel_sum(ce)
-    return voxel_mean(ce)
+        return voxel_sum(ce if mask is None else ce * mask)
+    return voxel_mean(ce, mask)
 
 
 def _class_sums(columns, fn):
@@ -87,18 +93,20 @@ def dice(
     from_logits=False,
     include_background=True,
     soft_label=False,
+    mask_index=None,
 ):
     """Per-sample Dice loss [000, Eq. 2; 004, Eq. 8-9].
 
     `1 - (2 sum y P + s) / (sum y + sum P + s)` per class, squared
     denominators (`sum y^2 + sum P^2`) when `squared=True`, sums over the whole
     mini-batch when `batch=True`; the mean over classes. With `soft_label`
-    the overlap is `(sum y + sum P - sum |y - P|) / 2` (see `Dice`).
+    the overlap is `(sum y + sum P - sum |y - P|) / 2` (see `Dice`). With an
+    ignore mask (slot `mask_index`) the sums run over the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, _, p = prepare(y_true, y_pred, from_logits, "Dice")
+    y_true, _, p = prepare(y_true, y_pred, from_logits, "Dice", mask_index)
     c = p.shape[-1]
     cols = (voxel_columns(y_true, batch)[:c], voxel_columns(p, batch))
     if soft_label and not squared:
@@ -117,18 +125,19 @@ def dice(
 
 
 def reward_penalty_dice(
-    y_true, y_pred, *, smooth=1.0, batch=True, from_logits=False, map_index=0
+    y_true, y_pred, *, smooth=1.0, batch=True, from_logits=False, map_index=0, mask_index=None
 ):
     """Per-sample Reward-Penalty Dice loss [000, Eq. 3].
 
     `1 - (2 sum y P M + s) / (sum y |M| + sum P |M| + s)` with the reward-penalty
     map M packed in `y_true` at map slot `map_index`; the mean over classes.
-    Labels must be non-negative (binary, one-hot or soft).
+    Labels must be non-negative (binary, one-hot or soft). With an ignore
+    mask (slot `mask_index`) the sums run over the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, _, p = prepare(y_true, y_pred, from_logits, "RewardPenaltyDice")
+    y_true, _, p = prepare(y_true, y_pred, from_logits, "RewardPenaltyDice", mask_index)
     ys, ms = require_map_columns(
         y_true, p.shape[-1], map_index, batch, "RewardPenaltyDice", "reward-penalty map"
     )
@@ -146,16 +155,18 @@ def reward_penalty_dice(
     return per_sample(loss, p, batch)
 
 
-def legacy_reward_penalty_dice(y_true, y_pred, *, smooth=1.0, batch=True, from_logits=False):
+def legacy_reward_penalty_dice(y_true, y_pred, *, smooth=1.0, batch=True, from_logits=False,
+                               mask_index=None):
     """Per-sample loss of the released RPDL code on its encoded target `h`.
 
     `1 - (2 sum h P + s) / (sum |h| + sum P + s)` with `h` from
-    `legacy_reward_penalty_targets` in place of the labels.
+    `legacy_reward_penalty_targets` in place of the labels; with an ignore
+    mask (slot `mask_index`) the sums run over the counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, _, p = prepare(y_true, y_pred, from_logits, "LegacyRewardPenaltyDice")
+    y_true, _, p = prepare(y_true, y_pred, from_logits, "LegacyRewardPenaltyDice", mask_index)
     c = p.shape[-1]
     cols = (voxel_columns(y_true, batch)[:c], voxel_columns(p, batch))
     overlap = _class_sums(cols, voxel_dot)
@@ -189,6 +200,9 @@ class WeightedBinaryCrossentropy(SegLoss):
         voxel_reduction: `"mean"` (Eq. 1) or `"sum"` (the released code).
             Defaults to `"mean"`.
         from_logits: bool. Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Shapes: `y_pred` `(batch, *spatial, C)`; `y_true` the same, possibly
@@ -210,6 +224,7 @@ class WeightedBinaryCrossentropy(SegLoss):
         pos_weight=1.0,
         voxel_reduction="mean",
         from_logits=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="weighted_binary_crossentropy",
         dtype=None,
@@ -218,7 +233,7 @@ class WeightedBinaryCrossentropy(SegLoss):
             weighted_binary_crossentropy,
             reduction=reduction,
             name=name,
-            dtype=dtype,
+            dtype=dtype, mask_index=mask_index,
             pos_weight=float(check_number("pos_weight", pos_weight, low=0)),
             voxel_reduction=check_choice("voxel_reduction", voxel_reduction, {"mean", "sum"}),
             from_logits=bool(from_logits),
@@ -254,6 +269,9 @@ class Dice(SegLoss):
             wherever `y > 0.5`. Identical for binary targets; the squared
             form needs no change (its minimum is already `P = y`). Defaults
             to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`. With
@@ -278,6 +296,7 @@ class Dice(SegLoss):
         from_logits=False,
         include_background=True,
         soft_label=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="dice",
         dtype=None,
@@ -286,7 +305,7 @@ class Dice(SegLoss):
             dice,
             reduction=reduction,
             name=name,
-            dtype=dtype,
+            dtype=dtype, mask_index=mask_index,
             smooth=float(check_number("smooth", smooth, low=0)),
             squared=bool(squared),
             batch=bool(batch),
@@ -320,6 +339,9 @@ class RewardPenaltyDice(SegLoss):
         from_logits: bool. Defaults to `False`.
         map_index: int >= 0, the packed slot of M (it cannot be computed
             from one annotation). Defaults to `0`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Shapes: `y_pred` `(batch, *spatial, C)`; `y_true` `(batch, *spatial,
@@ -348,6 +370,7 @@ class RewardPenaltyDice(SegLoss):
         batch=True,
         from_logits=False,
         map_index=0,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="reward_penalty_dice",
         dtype=None,
@@ -356,7 +379,7 @@ class RewardPenaltyDice(SegLoss):
             reward_penalty_dice,
             reduction=reduction,
             name=name,
-            dtype=dtype,
+            dtype=dtype, mask_index=mask_index,
             smooth=float(check_number("smooth", smooth, low=0)),
             batch=bool(batch),
             from_logits=bool(from_logits),
@@ -378,6 +401,9 @@ class LegacyRewardPenaltyDice(SegLoss):
         batch: bool, pool over the mini-batch (the original). Defaults to
             `True`.
         from_logits: bool. Defaults to `False`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`).
+            Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Example:
@@ -398,6 +424,7 @@ class LegacyRewardPenaltyDice(SegLoss):
         smooth=1.0,
         batch=True,
         from_logits=False,
+        mask_index=None,
         reduction="sum_over_batch_size",
         name="legacy_reward_penalty_dice",
         dtype=None,
@@ -406,7 +433,7 @@ class LegacyRewardPenaltyDice(SegLoss):
             legacy_reward_penalty_dice,
             reduction=reduction,
             name=name,
-            dtype=dtype,
+            dtype=dtype, mask_index=mask_index,
             smooth=float(check_number("smooth", smooth, low=0)),
             batch=bool(batch),
             from_logits=bool(from_logits),

@@ -14,6 +14,12 @@ values the tests reproduce): the sums run over the spatial axes and the
 kept channels together, one value per sample; `include_background=False`
 drops channel 0 when there are several.
 
+With an ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`)
+both skeletons are those of the masked prediction and labels (an ignored
+voxel is background there, so a centreline through an ignored region is
+cut) and every sum runs over the counted voxels. This is exactly MONAI's
+`MaskedLoss(SoftclDiceLoss)`, which multiplies input and target by the mask.
+
 The gradient of max-pooling has no deterministic XLA kernel in TensorFlow
 2.21: with TensorFlow's op determinism on (`cmseg train --deterministic`)
 a compiled TensorFlow training step with these losses raises
@@ -72,20 +78,25 @@ def _kept(x, include_background):
 
 
 def soft_cl_dice(y_true, y_pred, *, iterations=3, smooth=1.0, epsilon=1e-4, from_logits=False,
-                 include_background=True):
+                 include_background=True, mask_index=None):
     """Per-sample soft clDice loss [Shit et al., Eq. 1-2].
 
     `1 - 2 Tprec Tsens / (Tprec + Tsens + epsilon)` with
     `Tprec = (sum S_P G + smooth) / (sum S_P + smooth)` and
     `Tsens = (sum S_G P + smooth) / (sum S_G + smooth)`, `S_X` the soft
-    skeleton of X, sums over space and the kept channels.
+    skeleton of X, sums over space and the kept channels. With an ignore
+    mask (slot `mask_index`) X is masked first and the sums run over the
+    counted voxels.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
-    _, labels, p = prepare(y_true, y_pred, from_logits, "SoftClDice")
+    _, labels, p = prepare(y_true, y_pred, from_logits, "SoftClDice", mask_index)
     g = _kept(labels, include_background)
     p = _kept(p, include_background)
+    # No mask on the skeletons: the soft skeleton of a map >= 0 is 0 wherever
+    # the map is 0 (every erosion keeps such a voxel at 0), so those of the
+    # masked p and g are 0 at every ignored voxel already.
     skel_p = soft_skeleton(p, iterations=iterations)
     skel_g = soft_skeleton(g, iterations=iterations)
     axes = tuple(range(1, len(p.shape)))
@@ -95,18 +106,20 @@ def soft_cl_dice(y_true, y_pred, *, iterations=3, smooth=1.0, epsilon=1e-4, from
 
 
 def dice_cl_dice(y_true, y_pred, *, alpha=0.5, iterations=3, smooth=1.0, epsilon=1e-4,
-                 from_logits=False, include_background=True):
+                 from_logits=False, include_background=True, mask_index=None):
     """Per-sample `(1 - alpha) Dice + alpha clDice` [Shit et al., Eq. 3]:
     the Dice loss per sample and class (`batch=False`, `smooth` added to
-    numerator and denominator) plus `soft_cl_dice`.
+    numerator and denominator) plus `soft_cl_dice`, both with the ignore mask
+    at slot `mask_index`, if any.
 
     Returns:
         Tensor of shape `(batch,)`.
     """
     d = dice(y_true, y_pred, smooth=smooth, batch=False, from_logits=from_logits,
-             include_background=include_background)
+             include_background=include_background, mask_index=mask_index)
     cl = soft_cl_dice(y_true, y_pred, iterations=iterations, smooth=smooth, epsilon=epsilon,
-                      from_logits=from_logits, include_background=include_background)
+                      from_logits=from_logits, include_background=include_background,
+                      mask_index=mask_index)
     return (1.0 - alpha) * d + alpha * cl
 
 
@@ -139,6 +152,12 @@ class SoftClDice(SegLoss):
             Defaults to `False`.
         include_background: bool; when False and C > 1, channel 0 is left
             out. Defaults to `True`.
+        mask_index: `None` (every voxel counts) or int >= 0, the packed slot
+            of an ignore mask (1 counts, 0 ignored; see `ignore_mask`). Both
+            skeletons are then those of the masked prediction and labels (an
+            ignored voxel is background) and the sums run over the counted
+            voxels, so ignored voxels change neither value nor gradient; the
+            same as MONAI's `MaskedLoss(SoftclDiceLoss)`. Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -156,14 +175,15 @@ class SoftClDice(SegLoss):
     """
 
     def __init__(self, iterations=3, smooth=1.0, epsilon=1e-4, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size", name="soft_cl_dice",
-                 dtype=None):
+                 include_background=True, mask_index=None, reduction="sum_over_batch_size",
+                 name="soft_cl_dice", dtype=None):
         super().__init__(
             soft_cl_dice, reduction=reduction, name=name, dtype=dtype,
             iterations=_iterations(iterations),
             smooth=float(check_number("smooth", smooth, low=0)),
             epsilon=float(check_number("epsilon", epsilon, low=0)),
             from_logits=bool(from_logits), include_background=bool(include_background),
+            mask_index=mask_index,
         )
 
 
@@ -178,8 +198,10 @@ class DiceClDice(SegLoss):
 
     Args:
         alpha: float in [0, 1], the weight of clDice. Defaults to `0.5`.
-        iterations, smooth, epsilon, from_logits, include_background: as
-            `SoftClDice` (defaults `3`, `1.0`, `1e-4`, `False`, `True`).
+        iterations, smooth, epsilon, from_logits, include_background,
+            mask_index: as `SoftClDice` (defaults `3`, `1.0`, `1e-4`,
+            `False`, `True`, `None`); the mask applies to both terms (the
+            Dice sums too: MONAI's `MaskedLoss(SoftDiceclDiceLoss)`).
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Returns (from `call`): one value per sample, `(batch,)`.
@@ -189,8 +211,8 @@ class DiceClDice(SegLoss):
     """
 
     def __init__(self, alpha=0.5, iterations=3, smooth=1.0, epsilon=1e-4, from_logits=False,
-                 include_background=True, reduction="sum_over_batch_size", name="dice_cl_dice",
-                 dtype=None):
+                 include_background=True, mask_index=None, reduction="sum_over_batch_size",
+                 name="dice_cl_dice", dtype=None):
         super().__init__(
             dice_cl_dice, reduction=reduction, name=name, dtype=dtype,
             alpha=float(check_number("alpha", alpha, low=0, high=1)),
@@ -198,4 +220,5 @@ class DiceClDice(SegLoss):
             smooth=float(check_number("smooth", smooth, low=0)),
             epsilon=float(check_number("epsilon", epsilon, low=0)),
             from_logits=bool(from_logits), include_background=bool(include_background),
+            mask_index=mask_index,
         )

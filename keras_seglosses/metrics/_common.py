@@ -8,10 +8,17 @@ here, so that neither has to import the other.
 import keras
 from keras import ops
 
-from keras_seglosses._core import split_targets
+from keras_seglosses._core import (
+    apply_mask,
+    check_mask_slot,
+    ignore_mask,
+    mask_reads,
+    split_targets,
+)
 from keras_seglosses.targets import MapRead
 
-__all__ = ["binarize", "ratio_or_one", "SegMetric", "EMPTY_MODES", "check_empty", "undefined"]
+__all__ = ["binarize", "masked_binarize", "counted", "ratio_or_one", "SegMetric", "EMPTY_MODES",
+           "check_empty", "undefined"]
 
 #: The `empty` argument of every metric: `"score"` scores cases with an
 #: empty mask by the package's rules (both empty is perfect; see each
@@ -36,7 +43,7 @@ def undefined(value, where, empty):
     return value
 
 
-def binarize(y_true, y_pred, threshold=0.5, name="metric"):
+def binarize(y_true, y_pred, threshold=0.5, name="metric", mask_index=None):
     """Validate shapes and binarize the prediction.
 
     `P' = 1[y_pred > threshold]`, the paper's binarization at 0.5 [000,
@@ -48,14 +55,43 @@ def binarize(y_true, y_pred, threshold=0.5, name="metric"):
         y_pred: predictions `(batch, *spatial, C)`.
         threshold: float, the binarization threshold. Defaults to `0.5`.
         name: str, the metric named in shape errors. Defaults to `"metric"`.
+        mask_index: int >= 0, the packed slot of an ignore mask (see
+            `counted`), or `None`. Defaults to `None`.
 
     Returns:
         Tuple `(y_true, labels, P')` of float32 tensors: the whole packed
-        target, its first C channels, and the binarized prediction.
+        target, its first C channels, and the binarized prediction; with
+        `mask_index`, all three are 0 (background, no map value) at the
+        ignored voxels.
     """
+    y_true, labels, pred, mask = masked_binarize(y_true, y_pred, threshold, name, mask_index)
+    if mask is None:
+        return y_true, labels, pred
+    return apply_mask(y_true, mask), labels * mask, pred * mask
+
+
+def masked_binarize(y_true, y_pred, threshold, name, mask_index):
+    """`binarize` without applying the mask: `(y_true, labels, P', mask)`,
+    `mask` the `counted` voxels `(batch, *spatial, C)` or `None`. For the
+    metrics whose counts the masked labels alone do not restrict (true
+    negatives)."""
     y_true, labels, y_pred = split_targets(y_true, y_pred, name)
     pred = ops.cast(ops.cast(y_pred, "float32") > threshold, "float32")
-    return y_true, labels, pred
+    return y_true, labels, pred, counted(y_true, pred.shape[-1], mask_index, name)
+
+
+def counted(y_true, n_classes, mask_index, name):
+    """The ignore mask packed at slot `mask_index` as 0/1 float32
+    `(batch, *spatial, C)` (1 where a voxel counts), or `None` without one.
+
+    Metrics count voxels, so the mask is binarized: a voxel counts where its
+    mask is > 0.5. Packed masks are 0/1 and unchanged; an interpolated one
+    (resampled with the image) rounds to the nearest, as the labels would.
+    """
+    mask = ignore_mask(y_true, n_classes, mask_index, name)
+    if mask is None:
+        return None
+    return ops.cast(mask > 0.5, "float32")
 
 
 def ratio_or_one(numerator, denominator):
@@ -98,6 +134,12 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
     and takes `map_index`; `map_reads` then declares it (one slot), as the
     losses do (`targets.map_reads`).
 
+    Every metric takes `mask_index`, the packed slot of an ignore mask (1
+    counts, 0 is ignored; nnU-Net's ignore label), or `None`: its
+    functional form leaves the ignored voxels out (see each metric), and
+    `map_reads` declares the mask after the metric's own map. It must
+    differ from `map_index`.
+
     A metric built with the hyperparameter `empty="nan"` (its functional
     form then returns NaN for an undefined value, e.g. a sensitivity
     without ground truth) averages the defined values only, as MONAI's
@@ -119,6 +161,9 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
     """
 
     def __init__(self, fn, *, name, dtype, include_background=True, **hyperparameters):
+        if "mask_index" in hyperparameters:
+            hyperparameters["mask_index"] = check_mask_slot(
+                hyperparameters["mask_index"], hyperparameters.get("map_index"))
         super().__init__(fn=fn, name=name, dtype=dtype, **hyperparameters)
         for key, value in hyperparameters.items():
             setattr(self, key, value)
@@ -159,7 +204,7 @@ class SegMetric(keras.metrics.MeanMetricWrapper):
     def map_reads(self, n_classes=None):
         """The packed maps `update_state` reads: `MapRead(map_kind,
         map_index, 1)` (the map takes one slot whatever `n_classes`, the
-        channels of `y_pred`), or `()` for a metric of the labels only."""
-        if self.map_kind is None:
-            return ()
-        return (MapRead(self.map_kind, self.map_index, 1),)
+        channels of `y_pred`), then `MapRead("mask", mask_index, 1)` with an
+        ignore mask; `()` for a metric of the labels only."""
+        reads = () if self.map_kind is None else (MapRead(self.map_kind, self.map_index, 1),)
+        return reads + mask_reads(self._fn_kwargs.get("mask_index"))

@@ -14,8 +14,8 @@ import numbers
 import numpy as np
 from keras import ops
 
-from keras_seglosses._core import check_map_index, check_number, region_sum
-from keras_seglosses.metrics._common import binarize, ratio_or_one
+from keras_seglosses._core import check_map_index, check_mask_slot, check_number, region_sum
+from keras_seglosses.metrics._common import binarize, masked_binarize, ratio_or_one
 from keras_seglosses.multirater import annotation_stack, majority_vote, soft_label, staple
 from keras_seglosses.targets import require_map
 
@@ -322,14 +322,16 @@ def consensus_dice(prediction, annotations, *, consensus="staple", threshold=0.5
 
 
 # ------------------------------------------------------------------ tensors
-def packed_qubiq(y_true, y_pred, thresholds=QUBIQ_THRESHOLDS, map_index=0):
+def packed_qubiq(y_true, y_pred, thresholds=QUBIQ_THRESHOLDS, map_index=0, mask_index=None):
     """QUBIQ score per sample and channel, the soft label packed in
     `y_true`.
 
     `score = (1 / T) sum_t Dice(1[P > t], 1[S > t])` as `qubiq_score`
     (strict comparisons, two empty masks score 1), S the soft label packed
-    at slot `map_index` (`pack_targets(labels, soft)`). Written with
-    `keras.ops` only, for every backend and under jit.
+    at slot `map_index` (`pack_targets(labels, soft)`). With `mask_index`,
+    every Dice runs over the counted voxels only (an ignored voxel is
+    background in both binarizations). Written with `keras.ops` only, for
+    every backend and under jit.
 
     Args:
         y_true: packed target `(batch, *spatial, (2 + map_index) C)` at
@@ -339,6 +341,8 @@ def packed_qubiq(y_true, y_pred, thresholds=QUBIQ_THRESHOLDS, map_index=0):
             `(0.1, 0.2, ..., 0.9)`.
         map_index: int >= 0, the packed slot of the soft label. Defaults to
             `0`.
+        mask_index: int >= 0, the packed slot of an ignore mask (another
+            slot than `map_index`), or `None`. Defaults to `None`.
 
     Returns:
         float32 tensor `(batch, C)`.
@@ -354,24 +358,31 @@ def packed_qubiq(y_true, y_pred, thresholds=QUBIQ_THRESHOLDS, map_index=0):
     """
     thresholds = _check_thresholds(thresholds)
     map_index = check_map_index(map_index, allow_none=False)
-    y_true, _, _ = binarize(y_true, y_pred, 0.5, "qubiq")
+    mask_index = check_mask_slot(mask_index, map_index)
+    y_true, _, _, mask = masked_binarize(y_true, y_pred, 0.5, "qubiq", mask_index)
     pred = ops.cast(y_pred, "float32")
     soft = require_map(y_true, pred.shape[-1], map_index, "QUBIQ", "soft label")
     t = ops.convert_to_tensor(np.asarray(thresholds, np.float32))
     p_t = ops.cast(ops.expand_dims(pred, -1) > t, "float32")
     s_t = ops.cast(ops.expand_dims(soft, -1) > t, "float32")
+    if mask is not None:
+        # on the binarized masks: an ignored voxel is then background at
+        # every threshold, t = 0 included, whatever values it holds
+        mask = ops.expand_dims(mask, -1)
+        p_t, s_t = p_t * mask, s_t * mask
     # (batch, *spatial, C, T): reduce the spatial axes
     inter = ops.sum(p_t * s_t, axis=tuple(range(1, len(p_t.shape) - 2)))
     total = ops.sum(p_t + s_t, axis=tuple(range(1, len(p_t.shape) - 2)))
     return ops.mean(ratio_or_one(2.0 * inter, total), axis=-1)
 
 
-def packed_consensus_dice(y_true, y_pred, threshold=0.5, map_index=0):
+def packed_consensus_dice(y_true, y_pred, threshold=0.5, map_index=0, mask_index=None):
     """Dice per sample and channel against a consensus packed in `y_true`.
 
     `Dice(1[P > threshold], 1[C > 0.5])`, C packed at slot `map_index`: a
     binary consensus (majority vote) or the STAPLE posterior W itself, both
-    binarized at 0.5 as `consensus_dice` does; 1 when both are empty.
+    binarized at 0.5 as `consensus_dice` does; 1 when both are empty. With
+    `mask_index`, the sums run over the counted voxels only.
 
     Args:
         y_true: packed target `(batch, *spatial, (2 + map_index) C)` at
@@ -380,6 +391,8 @@ def packed_consensus_dice(y_true, y_pred, threshold=0.5, map_index=0):
         threshold: number in [0, 1]. Defaults to `0.5`.
         map_index: int >= 0, the packed slot of the consensus. Defaults to
             `0`.
+        mask_index: int >= 0, the packed slot of an ignore mask (another
+            slot than `map_index`), or `None`. Defaults to `None`.
 
     Returns:
         float32 tensor `(batch, C)`.
@@ -395,7 +408,9 @@ def packed_consensus_dice(y_true, y_pred, threshold=0.5, map_index=0):
     """
     check_number("threshold", threshold, low=0, high=1)
     map_index = check_map_index(map_index, allow_none=False)
-    y_true, _, p = binarize(y_true, y_pred, threshold, "consensus_dice")
+    mask_index = check_mask_slot(mask_index, map_index)
+    # the masked target: the consensus is 0 (background) at ignored voxels
+    y_true, _, p = binarize(y_true, y_pred, threshold, "consensus_dice", mask_index)
     c = require_map(y_true, p.shape[-1], map_index, "ConsensusDice", "consensus")
     c = ops.cast(c > 0.5, "float32")
     return ratio_or_one(2.0 * region_sum(p * c, False), region_sum(p + c, False))

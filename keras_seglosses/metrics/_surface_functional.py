@@ -17,6 +17,17 @@ selectable and reproduced exactly:
 Distances are between surface points of the two masks (voxel centres, or
 the centres of the dual-grid neighbourhoods), in the units of `spacing`.
 
+With an ignore mask (`mask_index`, the packed slot of a 0/1 map, 1 where a
+voxel counts, binarized at 0.5) both the prediction and the ground truth are restricted to
+the counted voxels first: the ignored voxels become background in both, and
+the surfaces, distances and empty-mask rules are those of the restricted
+masks. Every surface point then lies on a counted foreground voxel (a
+boundary voxel, or a dual-grid element touching one), so none inside the
+ignored voxels counts. Where the mask cuts through an object, both masks
+get a surface along the cut, at distance 0 from each other when both hold
+the object there. MONAI, medpy and DeepMind's surface-distance take no mask
+for these metrics; masking both inputs before calling them is the same.
+
 Percentiles are numpy's default "linear" interpolation over the sorted
 distances at virtual index `(n - 1) * q / 100`, computed in integer
 arithmetic so that large surfaces do not lose the fractional part in float32;
@@ -33,7 +44,7 @@ from fractions import Fraction
 import numpy as np
 from keras import ops
 
-from keras_seglosses._core import check_choice, check_number
+from keras_seglosses._core import check_choice, check_mask_slot, check_number
 from keras_seglosses._jit import eager_compiled
 from keras_seglosses.metrics._common import binarize, check_empty
 from keras_seglosses.ops.distance import _squared_distance, _surface_bool, check_spacing
@@ -141,9 +152,11 @@ def surfel_area_table(spacing):
 
 
 # ----------------------------------------------------------------- helpers
-def _fold(y_true, y_pred, threshold, name):
-    """Binarize and move channels into the batch: `(B * C, *spatial)` bools."""
-    _, labels, pred = binarize(y_true, y_pred, threshold, name)
+def _fold(y_true, y_pred, threshold, name, mask_index=None):
+    """Binarize, restrict both masks to the counted voxels (see the module
+    docstring), and move channels into the batch: `(B * C, *spatial)`
+    bools."""
+    _, labels, pred = binarize(y_true, y_pred, threshold, name, check_mask_slot(mask_index))
     nd = len(pred.shape) - 2
     if nd not in (2, 3):
         raise ValueError(
@@ -332,6 +345,7 @@ def hd95(
     empty_value=None,
     directed=False,
     empty="score",
+    mask_index=None,
 ):
     """Robust (percentile) Hausdorff distance per sample and channel.
 
@@ -371,6 +385,10 @@ def hd95(
         empty: `"score"` (the rules above) or `"nan"`: NaN wherever either
             mask is empty (as MONAI, to be left out of means). Defaults to
             `"score"`.
+        mask_index: int >= 0, the packed slot of an ignore mask, or `None`.
+            Both masks are restricted to the counted voxels before their
+            surfaces are taken (see the module docstring; MONAI has no
+            mask here). Defaults to `None`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -390,7 +408,7 @@ def hd95(
     check_number("percentile", percentile, low=0, high=100)
     check_empty(empty)
     empty_value = check_empty_value(empty_value)
-    gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "hd95")
+    gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "hd95", mask_index)
     spacing = check_spacing(spacing, len(spatial))
     q = float(percentile)
     values, weights = _directed_sets(gt, pr, spacing, surfel=convention == "surfel")
@@ -412,7 +430,7 @@ def hd95(
 
 @eager_compiled
 def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5,
-        empty="score"):
+        empty="score", mask_index=None):
     """Normalized surface Dice at `tolerance` per sample and channel.
 
     `NSD = (|dG ∩ B_dP(tau)| + |dP ∩ B_dG(tau)|) / (|dG| + |dP|)`
@@ -435,6 +453,8 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
         convention: `"voxel"` or `"surfel"`. Defaults to `"voxel"`.
         threshold: binarization threshold of `y_pred`. Defaults to `0.5`.
         empty: `"score"` or `"nan"`, as in `hd95`. Defaults to `"score"`.
+        mask_index: int >= 0 or `None`, an ignore mask as in `hd95`.
+            Defaults to `None`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -452,7 +472,7 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
     check_choice("convention", convention, NSD_CONVENTIONS)
     check_number("tolerance", tolerance, low=0)
     check_empty(empty)
-    gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "nsd")
+    gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "nsd", mask_index)
     spacing = check_spacing(spacing, len(spatial))
     tol = float(tolerance)
     # Only "within tol or not" matters: distances beyond tol need not be exact.
@@ -466,7 +486,7 @@ def nsd(y_true, y_pred, tolerance=1.0, spacing=None, convention="voxel", thresho
 
 @eager_compiled
 def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_value=None,
-        directed=False, empty="score"):
+        directed=False, empty="score", mask_index=None):
     """Average (symmetric) surface distance per sample and channel.
 
     - `"mean"`: `(mean_{a in G} d(a, P) + mean_{a in P} d(a, G)) / 2`
@@ -490,6 +510,8 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
         empty_value: as in `hd95`. Defaults to `None` (volume diagonal).
         directed: bool, prediction to ground truth only. Defaults to `False`.
         empty: `"score"` or `"nan"`, as in `hd95`. Defaults to `"score"`.
+        mask_index: int >= 0 or `None`, an ignore mask as in `hd95`.
+            Defaults to `None`.
 
     Returns:
         float32 tensor of shape `(batch, C)`.
@@ -507,7 +529,7 @@ def asd(y_true, y_pred, spacing=None, convention="mean", threshold=0.5, empty_va
     check_choice("convention", convention, ASD_CONVENTIONS)
     check_empty(empty)
     empty_value = check_empty_value(empty_value)
-    gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "asd")
+    gt, pr, channels, spatial = _fold(y_true, y_pred, threshold, "asd", mask_index)
     spacing = check_spacing(spacing, len(spatial))
     values, weights = _directed_sets(gt, pr, spacing)
     s_g, s_p = _halves(_masked_sum(values, weights))

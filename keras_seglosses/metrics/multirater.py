@@ -33,6 +33,10 @@ class QUBIQ(SegMetric):
             `0`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), another slot than `map_index`, or `None`. Each
+            Dice then runs over the counted voxels only. Defaults to
+            `None`.
         name: str, the metric's name. Defaults to `"qubiq"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -59,8 +63,8 @@ class QUBIQ(SegMetric):
     map_kind = "soft"
 
     def __init__(
-        self, thresholds=mf.QUBIQ_THRESHOLDS, map_index=0, include_background=True, name="qubiq",
-        dtype=None
+        self, thresholds=mf.QUBIQ_THRESHOLDS, map_index=0, include_background=True,
+        mask_index=None, name="qubiq", dtype=None
     ):
         super().__init__(
             mf.packed_qubiq,
@@ -69,6 +73,7 @@ class QUBIQ(SegMetric):
             include_background=include_background,
             thresholds=mf._check_thresholds(thresholds),
             map_index=check_map_index(map_index, allow_none=False),
+            mask_index=mask_index,
         )
 
 
@@ -91,6 +96,9 @@ class ConsensusDice(SegMetric):
             `0`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), another slot than `map_index`, or `None`. The
+            sums then run over the counted voxels only. Defaults to `None`.
         name: str, the metric's name. Defaults to `"consensus_dice"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -113,7 +121,8 @@ class ConsensusDice(SegMetric):
     map_kind = "consensus"
 
     def __init__(
-        self, threshold=0.5, map_index=0, include_background=True, name="consensus_dice", dtype=None
+        self, threshold=0.5, map_index=0, include_background=True, mask_index=None,
+        name="consensus_dice", dtype=None
     ):
         super().__init__(
             mf.packed_consensus_dice,
@@ -122,5 +131,6 @@ class ConsensusDice(SegMetric):
             include_background=include_background,
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
             map_index=check_map_index(map_index, allow_none=False),
+            mask_index=mask_index,
         )
 

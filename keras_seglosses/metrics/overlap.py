@@ -25,6 +25,9 @@ class Dice(SegMetric):
             `ignore_empty=True`). Defaults to `"score"`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), or `None`. The sums then run over the counted
+            voxels only. Defaults to `None`.
         name: str, the metric's name. Defaults to `"dice"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -44,7 +47,8 @@ class Dice(SegMetric):
     _direction = "up"
 
     def __init__(
-        self, threshold=0.5, empty="score", include_background=True, name="dice", dtype=None
+        self, threshold=0.5, empty="score", include_background=True, mask_index=None,
+        name="dice", dtype=None,
     ):
         super().__init__(
             functional.dice,
@@ -53,6 +57,7 @@ class Dice(SegMetric):
             include_background=include_background,
             empty=check_empty(empty),
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
+            mask_index=mask_index,
         )
 
 
@@ -71,6 +76,9 @@ class RPD(SegMetric):
         empty: `"score"` or `"nan"`, as `Dice`. Defaults to `"score"`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), another slot than `map_index`, or `None`. The
+            sums then run over the counted voxels only. Defaults to `None`.
         name: str, the metric's name. Defaults to `"rpd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -96,8 +104,8 @@ class RPD(SegMetric):
     map_kind = "rpmap"
 
     def __init__(
-        self, threshold=0.5, map_index=0, empty="score", include_background=True, name="rpd",
-        dtype=None
+        self, threshold=0.5, map_index=0, empty="score", include_background=True,
+        mask_index=None, name="rpd", dtype=None,
     ):
         super().__init__(
             functional.reward_penalty_dice,
@@ -107,6 +115,7 @@ class RPD(SegMetric):
             empty=check_empty(empty),
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
             map_index=check_map_index(map_index, allow_none=False),
+            mask_index=mask_index,
         )
 
 
@@ -124,19 +133,24 @@ class _ConfusionRate(SegMetric):
             the variable `excluded`), as MONAI's NaN. Defaults to `"score"`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), or `None`. All four confusion counts then run
+            over the counted voxels only. Defaults to `None`.
         name, dtype: as `keras.metrics.Metric`.
     """
 
     _direction = "up"
 
     def __init__(
-        self, threshold=0.5, empty="score", include_background=True, name=None, dtype=None
+        self, threshold=0.5, empty="score", include_background=True, mask_index=None,
+        name=None, dtype=None,
     ):
         super().__init__(
             type(self)._function, name=name or type(self)._default_name, dtype=dtype,
             include_background=include_background,
             threshold=float(check_number("threshold", threshold, low=0, high=1)),
             empty=check_empty(empty),
+            mask_index=mask_index,
         )
 
 

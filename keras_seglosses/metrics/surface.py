@@ -36,6 +36,12 @@ class HD95(SegMetric):
             variable `excluded` (MONAI's NaN). Defaults to `"score"`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), or `None`. The prediction and the ground truth
+            are both restricted to the counted voxels (the ignored ones
+            become background) before surfaces and distances are taken,
+            and the empty-mask rules apply to the restricted masks; MONAI
+            has no mask for this metric. Defaults to `None`.
         name: str, the metric's name. Defaults to `"hd95"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -66,6 +72,7 @@ class HD95(SegMetric):
         directed=False,
         empty="score",
         include_background=True,
+        mask_index=None,
         name="hd95",
         dtype=None,
     ):
@@ -84,6 +91,7 @@ class HD95(SegMetric):
             empty_value=sf.check_empty_value(empty_value, finite=True),
             directed=bool(directed),
             empty=check_empty(empty),
+            mask_index=mask_index,
         )
 
 
@@ -106,6 +114,12 @@ class NSD(SegMetric):
             counted in `excluded`. Defaults to `"score"`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), or `None`. The prediction and the ground truth
+            are both restricted to the counted voxels (the ignored ones
+            become background) before surfaces and distances are taken,
+            and the empty-mask rules apply to the restricted masks; MONAI
+            has no mask for this metric. Defaults to `None`.
         name: str, the metric's name. Defaults to `"nsd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -128,7 +142,7 @@ class NSD(SegMetric):
 
     def __init__(
         self, tolerance=1.0, spacing=None, convention="voxel", threshold=0.5, empty="score",
-        include_background=True, name="nsd", dtype=None
+        include_background=True, mask_index=None, name="nsd", dtype=None
     ):
         check_choice("convention", convention, sf.NSD_CONVENTIONS)
         check_number("tolerance", tolerance, low=0)
@@ -143,6 +157,7 @@ class NSD(SegMetric):
             convention=convention,
             threshold=float(threshold),
             empty=check_empty(empty),
+            mask_index=mask_index,
         )
 
 
@@ -170,6 +185,12 @@ class ASD(SegMetric):
             variable `excluded` (MONAI's NaN). Defaults to `"score"`.
         include_background: bool; with several channels, False leaves
             channel 0 out of the mean. Defaults to `True`.
+        mask_index: int >= 0, the packed slot of an ignore mask (1 counts,
+            0 is ignored), or `None`. The prediction and the ground truth
+            are both restricted to the counted voxels (the ignored ones
+            become background) before surfaces and distances are taken,
+            and the empty-mask rules apply to the restricted masks; MONAI
+            has no mask for this metric. Defaults to `None`.
         name: str, the metric's name. Defaults to `"asd"`.
         dtype: the dtype of the result, as `keras.metrics.Metric`.
             Defaults to `None`.
@@ -192,7 +213,7 @@ class ASD(SegMetric):
 
     def __init__(
         self, spacing=None, convention="mean", threshold=0.5, empty_value=None, directed=False,
-        empty="score", include_background=True, name="asd", dtype=None
+        empty="score", include_background=True, mask_index=None, name="asd", dtype=None
     ):
         check_choice("convention", convention, sf.ASD_CONVENTIONS)
         check_number("threshold", threshold, low=0, high=1)
@@ -207,4 +228,5 @@ class ASD(SegMetric):
             empty_value=sf.check_empty_value(empty_value, finite=True),
             directed=bool(directed),
             empty=check_empty(empty),
+            mask_index=mask_index,
         )

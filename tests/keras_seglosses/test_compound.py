@@ -352,6 +352,7 @@ def test_fixed_compounds_are_compounds_with_one_from_logits(rng):
     }
     clone = ks.DiceHD.from_config(saved_by_0_1_0)
     assert clone.members[1][0].map_index == 0
-    assert set(clone.get_config()) == set(saved_by_0_1_0) | {"soft_label"}  # new in 0.2.0
+    new_in_0_2_0 = {"soft_label", "mask_index"}
+    assert set(clone.get_config()) == set(saved_by_0_1_0) | new_in_0_2_0
     with pytest.raises(TypeError, match="unexpected keyword argument 'w_ce'"):
         ks.DiceHD(w_ce=1.0)

@@ -5,6 +5,7 @@ its definition, and the `compile` path on every backend with
 import keras
 import numpy as np
 import pytest
+from _references import perturb_ignored, random_ignore_mask
 
 import keras_seglosses as ks
 import models3d
@@ -102,3 +103,119 @@ def test_config_round_trip_and_bad_weights():
         ks.DeepSupervision(ks.Dice(), weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="Expected 3 numbers"):
         ks.DeepSupervision(ks.Dice(), weights=[1.0, 0.5]).compile_arguments(3)
+
+
+# ------------------------------------------------------------- ignore mask
+def np_down_masked(y, factor, n_classes, mask_slot):
+    """`np_down` of the target zeroed at ignored voxels, with the mask
+    min-pooled: a coarse voxel counts only if all its fine voxels count."""
+    lo, hi = n_classes * (1 + mask_slot), n_classes * (2 + mask_slot)
+    mask = y[..., lo:hi]
+    tiled = np.concatenate([mask] * (y.shape[-1] // n_classes), -1)
+    down = np_down(y * tiled, factor, n_classes)
+    b, *spatial, _ = mask.shape
+    shape = [b]
+    for size, f in zip(spatial, factor):
+        shape += [size // f, f]
+    blocks = mask.reshape(*shape, n_classes)
+    down[..., lo:hi] = blocks.min(tuple(range(2, 2 * len(spatial) + 1, 2)))
+    return down
+
+
+def np_dice_counted(y, p, m, smooth):
+    """Dice loss per sample over the counted voxels (`batch=False`)."""
+    axes = tuple(range(1, y.ndim - 1))
+    num = 2 * (m * y * p).sum(axes) + smooth
+    return (1 - num / ((m * y).sum(axes) + (m * p).sum(axes) + smooth)).mean(-1)
+
+
+def _masked_case(rng, shape=(2, 8, 8, 8, 1)):
+    y = (rng.random(shape) > 0.6).astype("f4")
+    m = rng.uniform(-1, 1, shape).astype("f4")
+    mask = random_ignore_mask(rng, shape, fraction=0.05).astype("f4")
+    return y, m, mask
+
+
+def test_downsample_targets_min_pools_the_mask_and_zeroes_ignored_voxels(rng):
+    y, m, mask = _masked_case(rng, (2, 8, 6, 4, 2))
+    for slot, packed in ((1, ks.pack_targets(y, m, mask, m)), (0, ks.pack_targets(y, mask))):
+        for spatial, factor in (((4, 3, 4), (2, 2, 1)), ((2, 3, 2), (4, 2, 2))):
+            got = keras.ops.convert_to_numpy(ks.downsample_targets(packed, spatial, 2, slot))
+            want = np_down_masked(np.asarray(packed), factor, 2, slot)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+            coarse_mask = want[..., 2 * (1 + slot):2 * (2 + slot)]
+            assert 0 < coarse_mask.mean() < 1
+            # what lies under ignored fine voxels reaches no coarse voxel
+            y2, m2 = perturb_ignored(rng, mask, y, m)
+            other = (ks.pack_targets(y2, m2, mask, m2) if slot else ks.pack_targets(y2, mask))
+            again = keras.ops.convert_to_numpy(ks.downsample_targets(other, spatial, 2, slot))
+            np.testing.assert_allclose(again, got, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="ignore mask at packed map slot 2.*pack_targets"):
+        ks.downsample_targets(ks.pack_targets(y, mask), (4, 3, 4), 2, 2)
+
+
+def test_masked_levels_are_the_loss_of_the_counted_coarse_voxels(rng):
+    y, m, mask = _masked_case(rng)
+    outputs = [rng.uniform(0.05, 0.95, (2, 8 // f, 8 // f, 8 // f, 1)).astype("f4")
+               for f in (1, 2, 4)]
+    target = np.asarray(ks.pack_targets(y, m, mask))
+    loss = ks.DeepSupervision(ks.Dice(batch=False, smooth=0.5), mask_index=1)
+    expected = 0.0
+    for w, f, p in zip([1, 0.5, 0.25], (1, 2, 4), outputs):
+        down = np_down_masked(target, (f,) * 3, 1, 1)
+        expected = expected + w * np_dice_counted(down[..., :1], p, down[..., 2:], 0.5)
+    got = keras.ops.convert_to_numpy(loss.call(target, outputs))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    y2, m2 = perturb_ignored(rng, mask, y, m)
+    other = ks.pack_targets(y2, m2, mask)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss.call(other, outputs)), got,
+                               rtol=1e-6)
+    # compile_arguments carries the mask to every level
+    levels = loss.compile_arguments(3)["loss"]
+    total = sum(w * keras.ops.convert_to_numpy(level.call(target, p))
+                for w, level, p in zip([1, 0.5, 0.25], levels, outputs))
+    np.testing.assert_allclose(total, got, rtol=1e-6)
+
+
+@pytest.mark.backends
+def test_masked_deep_supervision_compiled_has_no_gradient_at_ignored_voxels(rng, jit, autodiff):
+    y, m, mask = _masked_case(rng)
+    target = np.asarray(ks.pack_targets(y, m, mask))
+    loss = ks.DeepSupervision(ks.RewardPenaltyDice(batch=False), mask_index=1)
+    fine = rng.uniform(0.05, 0.95, y.shape).astype("f4")
+    coarse = rng.uniform(0.05, 0.95, (2, 4, 4, 4, 1)).astype("f4")
+    value = keras.ops.convert_to_numpy(jit(loss.call)(target, [fine, coarse]))
+    plain = ks.RewardPenaltyDice(batch=False, mask_index=1)
+    down = np_down_masked(target, (2, 2, 2), 1, 1)
+    want = (keras.ops.convert_to_numpy(plain.call(target, fine))
+            + 0.5 * keras.ops.convert_to_numpy(plain.call(down, coarse)))
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(target, [fine, x])))(coarse)
+    coarse_mask = down[..., 2:]
+    assert 0 < coarse_mask.mean() < 1
+    assert np.all(np.isfinite(grad)) and np.all(grad[coarse_mask == 0] == 0.0)
+    assert np.abs(grad[coarse_mask > 0]).max() > 0
+
+
+def test_mask_index_goes_to_a_copy_of_the_wrapped_loss():
+    inner = ks.RewardPenaltyDice()
+    for cls in (ks.DeepSupervision, ks.DownsampledTarget):
+        loss = cls(inner, mask_index=1)
+        assert inner.mask_index is None and loss.loss.mask_index == 1 and loss.mask_index == 1
+        assert [tuple(r) for r in ks.map_reads(loss, 1)] == [("rpmap", 0, 1), ("mask", 1, 1)]
+        again = keras.losses.deserialize(keras.losses.serialize(loss))
+        assert again.get_config() == loss.get_config() and again.loss.mask_index == 1
+        # the wrapped loss's own mask is kept; a different one is refused
+        assert cls(ks.Dice(mask_index=2)).mask_index == 2
+        assert cls(ks.Dice(mask_index=2), mask_index=2).mask_index == 2
+        for make, match in (
+            (lambda: cls(ks.Dice(mask_index=2), mask_index=3), "`mask_index`.*mask_index=2"),
+            (lambda: cls(inner, mask_index=0), "`mask_index`"),  # the rpmap's slot
+            (lambda: cls(ks.Dice(), mask_index=-1), "`mask_index`"),
+            (lambda: cls(keras.losses.MeanSquaredError(), mask_index=0),
+             "`mask_index`.*MeanSquaredError"),
+            (lambda: cls(ks.Compound([(ks.Dice(mask_index=0), 1.0),
+                                      (ks.Boundary(mask_index=1), 1.0)])), r"slots \[0, 1\]"),
+        ):
+            with pytest.raises(ValueError, match=match):
+                make()

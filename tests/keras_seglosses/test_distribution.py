@@ -274,6 +274,22 @@ def test_topk_selection_matches_sorting(kind, rng, jit):
 
 
 @pytest.mark.backends
+@pytest.mark.parametrize("kind", ["continuous", "ties"])
+def test_masked_topk_selects_among_the_counted_voxels(kind, rng, jit, autodiff):
+    y, logits = topk_inputs(rng, kind)
+    mask = (rng.uniform(size=y.shape) < 0.6).astype("float32")
+    target = ks.pack_targets(y, mask)
+    for k in (0.5, 10.0, 100.0):
+        loss = ks.TopK(k=k, from_logits=True, mask_index=0)
+        value = keras.ops.convert_to_numpy(jit(loss.call)(target, logits))
+        keep = mask > 0
+        np.testing.assert_allclose(value, np_topk_logits(y[keep], logits[keep], k), rtol=1e-5,
+                                   err_msg=f"k={k}")
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(target, x)))(logits)
+    assert np.all(grad[mask == 0] == 0.0)
+
+
+@pytest.mark.backends
 def test_topk_voxels_tied_at_the_cut_share_its_weight(autodiff):
     # cross entropies 3, 2, 2, 2, 1 (y = 1, p = exp(-ce)); k = 40 %: 2 voxels
     ce = np.array([3.0, 2.0, 2.0, 2.0, 1.0])

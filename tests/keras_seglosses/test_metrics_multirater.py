@@ -312,3 +312,76 @@ def test_compiled_evaluate_fit_and_keras_round_trip(rng, tmp_path):
     for key in ("qubiq", "consensus_dice"):
         assert again[key] == pytest.approx(results[key], rel=1e-6)
     assert [type(m).__name__ for m in loaded.metrics[-1].metrics] == ["QUBIQ", "ConsensusDice"]
+
+
+# ------------------------------------------------------------ ignore masks
+def masked_batch(rng, batch=3, shape=(6, 7), k=3, channels=2):
+    """Annotations, a prediction, the packed target (labels, soft label in
+    slot 0, majority consensus in slot 1, ignore mask in slot 2) and the
+    mask, all computed here with numpy."""
+    ann = rng.random((batch, channels, k) + shape) < 0.4
+    move = (0, *range(2, 2 + len(shape)), 1)
+    soft = ann.mean(axis=2).transpose(move).astype("float32")
+    majority = (ann.sum(axis=2) > k / 2).transpose(move).astype("float32")
+    pred = rng.random(soft.shape).astype("float32")
+    mask = (rng.random(soft.shape) > 0.3).astype("float32")
+    mask[:, 2:4] = 0.0
+    packed = ks.pack_targets(majority, soft, majority, mask)
+    return packed, pred, ann, majority, mask
+
+
+def masked_expected(ann, pred, majority, mask, thresholds=F.QUBIQ_THRESHOLDS, threshold=0.5):
+    """`ref_qubiq` and `ref_dice` on the counted voxels alone."""
+    batch, channels = ann.shape[:2]
+    q = np.zeros((batch, channels))
+    c = np.zeros((batch, channels))
+    for b in range(batch):
+        for ch in range(channels):
+            keep = mask[b, ..., ch] > 0.5
+            q[b, ch] = ref_qubiq(pred[b, ..., ch][keep], ann[b, ch][:, keep], thresholds)
+            c[b, ch] = ref_dice(pred[b, ..., ch][keep] > threshold, majority[b, ..., ch][keep])
+    return q, c
+
+
+@pytest.mark.backends
+def test_masked_packed_forms_match_the_counted_voxels_and_compile(rng, jit):
+    y, p, ann, majority, mask = masked_batch(rng)
+    want_q, want_c = masked_expected(ann, p, majority, mask)
+    got_q = jit(lambda a, b: F.packed_qubiq(a, b, map_index=0, mask_index=2))(y, p)
+    got_c = jit(lambda a, b: F.packed_consensus_dice(a, b, map_index=1, mask_index=2))(y, p)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got_q), want_q, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got_c), want_c, rtol=1e-6)
+    assert not np.allclose(keras.ops.convert_to_numpy(F.packed_qubiq(y, p)), want_q)
+    # ignored voxels' maps and predictions change nothing
+    noise = rng.random(y.shape).astype("float32")
+    ignored = np.concatenate([mask == 0] * 3 + [np.zeros_like(mask, bool)], axis=-1)
+    y2 = np.where(ignored, noise, y)
+    p2 = np.where(mask == 0, 1.0 - p, p)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(F.packed_qubiq(y2, p2, mask_index=2)),
+                               want_q, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(
+        F.packed_consensus_dice(y2, p2, map_index=1, mask_index=2)), want_c, rtol=1e-6)
+
+
+def test_masked_metrics_mean_the_counted_values_and_round_trip(rng):
+    y, p, ann, majority, mask = masked_batch(rng, batch=4)
+    want_q, want_c = masked_expected(ann, p, majority, mask, thresholds=(0.25, 0.5), threshold=0.4)
+    for metric, want, kind, slot in [
+        (QUBIQ(thresholds=(0.25, 0.5), map_index=0, mask_index=2), want_q, "soft", 0),
+        (ConsensusDice(threshold=0.4, map_index=1, mask_index=2), want_c, "consensus", 1),
+    ]:
+        assert map_reads(metric) == (MapRead(kind, slot, 1), MapRead("mask", 2, 1))
+        metric.update_state(y[:2], p[:2])
+        metric.update_state(y[2:], p[2:])
+        np.testing.assert_allclose(float(metric.result()), want.mean(), rtol=1e-6)
+        restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+        assert restored.mask_index == 2 and restored.get_config() == metric.get_config()
+    for cls in (QUBIQ, ConsensusDice):
+        with pytest.raises(ValueError, match="`mask_index`.*`map_index=1`"):
+            cls(map_index=1, mask_index=1)
+        with pytest.raises(ValueError, match="`mask_index`"):
+            cls(mask_index=-2)
+    with pytest.raises(ValueError, match="`mask_index`"):
+        F.packed_qubiq(y, p, map_index=0, mask_index=0)
+    with pytest.raises(ValueError, match="ignore mask.*pack_targets"):
+        F.packed_consensus_dice(y, p, map_index=1, mask_index=5)

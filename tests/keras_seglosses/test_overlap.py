@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from _references import np_dice, np_rpd
+from _references import np_dice, np_masked_overlaps, np_rpd
 
 import keras_seglosses as ks
 from keras_seglosses.metrics import functional as F
@@ -244,3 +244,127 @@ def test_every_metric_leaves_the_background_channel_out_when_asked(rng, make):
     assert float(without.result()) == pytest.approx(per_channel[:, 1:].mean(), rel=1e-5)
     again = keras.metrics.deserialize(keras.metrics.serialize(without))
     assert again.include_background is False
+
+
+# ------------------------------------------------------------ ignore masks
+OVERLAPS = {"dice": F.dice, "sensitivity": F.sensitivity, "specificity": F.specificity,
+            "precision": F.precision}
+
+
+def _masked_sample(rng, shape=(4, 6, 7, 5, 2)):
+    """Labels, prediction, rpmap and a per-channel ignore mask; sample 0's
+    channel 0 has its only foreground (ground truth and prediction) inside
+    the ignored voxels, so that its counted masks are empty."""
+    y, p, m = sample(rng, shape)
+    mask = (rng.random(shape) > 0.3).astype("float32")
+    mask[:, 1:3, 2:5] = 0.0  # a block through the objects
+    y[0, ..., 0] = 0.0
+    p[0, ..., 0] = 0.1
+    y[0, 1:3, 2:5, :, 0] = 1.0
+    p[0, 1:3, 2:4, :, 0] = 0.9
+    return y, p, m, mask
+
+
+def test_masked_overlaps_match_the_counted_voxels_and_monai(rng):
+    import torch
+    from monai.metrics import DiceMetric, compute_dice
+
+    y, p, m, mask = _masked_sample(rng)
+    want = np_masked_overlaps(y, p, mask)
+    packed = ks.pack_targets(y, m, mask)
+    for name, fn in OVERLAPS.items():
+        got = np.asarray(fn(packed, p, mask_index=1, empty="nan"))
+        np.testing.assert_allclose(got, want[name], rtol=1e-6, err_msg=name)
+        scored = np.asarray(fn(packed, p, mask_index=1))
+        np.testing.assert_allclose(scored, np.nan_to_num(want[name], nan=1.0), rtol=1e-6,
+                                   err_msg=name)
+    assert np.isnan(want["dice"][0, 0]) and np.isnan(want["sensitivity"][0, 0])
+    # Without the mask these would differ: the test would not see a no-op.
+    assert not np.allclose(np.asarray(F.specificity(y, p)), want["specificity"])
+    # MONAI has no mask: it scores the inputs multiplied by the mask.
+    t = lambda a: torch.from_numpy(np.moveaxis(a, -1, 1).copy())  # noqa: E731
+    pb = (p > 0.5).astype("float32")
+    theirs = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(
+        t(pb * mask), t(y * mask)).numpy()
+    np.testing.assert_allclose(np.asarray(F.dice(packed, p, mask_index=1, empty="nan")), theirs,
+                               rtol=1e-6)
+    theirs = compute_dice(t(pb * mask), t(y * mask), ignore_empty=False).numpy()
+    np.testing.assert_allclose(np.asarray(F.dice(packed, p, mask_index=1)), theirs, rtol=1e-6)
+
+
+def test_masked_rpd_sums_over_the_counted_voxels(rng):
+    y, p, m, mask = _masked_sample(rng)
+    keep = mask > 0.5
+    want = np_rpd(y * keep, p * keep, m * keep)
+    got = np.asarray(F.reward_penalty_dice(ks.pack_targets(y, mask, m), p, map_index=1,
+                                           mask_index=0))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.allclose(np_rpd(y, p, m), want)
+
+
+def test_masked_metrics_average_the_masked_values_and_round_trip(rng):
+    y, p, m, mask = _masked_sample(rng)
+    want = np_masked_overlaps(y, p, mask)
+    packed = ks.pack_targets(y, m, mask)
+    for name in OVERLAPS:
+        cls = getattr(ks.metrics, name.capitalize())
+        metric = cls(mask_index=1)
+        assert metric.map_reads() == (MapRead("mask", 1, 1),)
+        metric.update_state(packed[:2], p[:2])
+        metric.update_state(packed[2:], p[2:])
+        per_sample = np.nan_to_num(want[name], nan=1.0).mean(-1)
+        assert float(metric.result()) == pytest.approx(per_sample.mean(), rel=1e-5), name
+        skipping = cls(mask_index=1, empty="nan")
+        skipping.update_state(packed, p)
+        assert float(skipping.result()) == pytest.approx(
+            np.nanmean(np.nanmean(want[name], -1)), rel=1e-5), name
+        assert float(skipping.excluded) == np.isnan(want[name]).sum()
+        restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+        assert restored.mask_index == 1 and restored.get_config() == metric.get_config()
+    rpd = ks.metrics.RPD(map_index=0, mask_index=1)
+    assert map_reads(rpd) == (MapRead("rpmap", 0, 1), MapRead("mask", 1, 1))
+    rpd.update_state(packed, p)
+    keep = mask > 0.5
+    assert float(rpd.result()) == pytest.approx(np_rpd(y * keep, p * keep, m).mean(), rel=1e-5)
+    # configs written before `mask_index` existed load without a mask
+    old = {k: v for k, v in rpd.get_config().items() if k != "mask_index"}
+    assert ks.metrics.RPD.from_config(old).mask_index is None
+    assert map_reads(ks.metrics.RPD.from_config(old)) == (MapRead("rpmap", 0, 1),)
+
+
+@pytest.mark.backends
+def test_masked_overlaps_compile(rng, jit):
+    y, p, m, mask = _masked_sample(rng)
+    want = np_masked_overlaps(y, p, mask)
+    packed = ks.pack_targets(y, m, mask)
+    fn = jit(lambda a, b: [F.dice(a, b, mask_index=1), F.specificity(a, b, mask_index=1),
+                           F.reward_penalty_dice(a, b, map_index=0, mask_index=1)])
+    dice, spec, rpd = (keras.ops.convert_to_numpy(v) for v in fn(packed, p))
+    np.testing.assert_allclose(dice, np.nan_to_num(want["dice"], nan=1.0), rtol=1e-6)
+    np.testing.assert_allclose(spec, np.nan_to_num(want["specificity"], nan=1.0), rtol=1e-6)
+    keep = mask > 0.5
+    np.testing.assert_allclose(rpd, np_rpd(y * keep, p * keep, m), rtol=1e-6)
+    # the Keras metric on the compiled path of `fit`: a stateless update
+    metric = ks.metrics.Sensitivity(mask_index=1, empty="nan")
+    update = jit(lambda vs, a, b: metric.stateless_update_state(vs, a, b))
+    for v, new in zip(metric.variables, update([v.value for v in metric.variables], packed, p)):
+        v.assign(new)
+    assert float(metric.result()) == pytest.approx(
+        np.nanmean(np.nanmean(want["sensitivity"], -1)), rel=1e-5)
+
+
+def test_mask_index_is_checked():
+    y = np.zeros((1, 4, 4, 1), "float32")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="`mask_index`"):
+            ks.metrics.Dice(mask_index=bad)
+        with pytest.raises(ValueError, match="`mask_index`"):
+            F.precision(ks.pack_targets(y, y), y, mask_index=bad)
+    with pytest.raises(ValueError, match="`mask_index`.*`map_index=0`"):
+        ks.metrics.RPD(mask_index=0)
+    with pytest.raises(ValueError, match="`mask_index`"):
+        F.reward_penalty_dice(ks.pack_targets(y, y), y, map_index=0, mask_index=0)
+    with pytest.raises(ValueError, match="ignore mask.*pack_targets"):
+        F.dice(y, y, mask_index=0)  # no slot 0
+    with pytest.raises(ValueError, match="ignore mask.*pack_targets"):
+        ks.metrics.Specificity(mask_index=1).update_state(ks.pack_targets(y, y), y)

@@ -263,6 +263,34 @@ def test_four_dice_variants_agree_with_monai(squared, batch, rng):
 
 @pytest.mark.filterwarnings(MONAI_SINGLE_CHANNEL)
 @pytest.mark.parametrize("batch", [False, True])
+def test_ignore_mask_agrees_with_monai_masked_losses(batch, rng):
+    """MONAI's `MaskedLoss` multiplies input and target by the mask, which
+    for these losses (no `1 - g` term, no background side) is our mask."""
+    import torch
+    from monai.losses import GeneralizedDiceLoss, MaskedDiceLoss, MaskedLoss, TverskyLoss
+
+    for kind in KINDS:
+        y, p, _ = make(rng, kind)
+        mask = (rng.uniform(size=y.shape[:-1] + (1,)) < 0.7).astype(y.dtype)
+        target = ks.pack_targets(y, np.broadcast_to(mask, y.shape))
+        m = torch.tensor(np.moveaxis(mask, -1, 1), dtype=torch.float64)
+        pairs = [
+            (ks.Dice(smooth=1e-3, batch=batch, mask_index=0),
+             MaskedDiceLoss(batch=batch, smooth_nr=1e-3, smooth_dr=1e-3)),
+            (ks.Tversky(alpha=0.3, beta=0.7, smooth=1e-3, batch=batch, mask_index=0),
+             MaskedLoss(TverskyLoss, alpha=0.3, beta=0.7, batch=batch, smooth_nr=1e-3,
+                        smooth_dr=1e-3)),
+            (ks.GeneralizedDice(smooth=1e-5, batch=batch, mask_index=0),
+             MaskedLoss(GeneralizedDiceLoss, batch=batch, smooth_nr=1e-5, smooth_dr=1e-5)),
+        ]
+        for ours, theirs in pairs:
+            np.testing.assert_allclose(
+                float(ours(target, p)), float(theirs(*_monai_inputs(y, p), mask=m)),
+                rtol=1e-5, err_msg=f"{type(ours).__name__} {kind}")
+
+
+@pytest.mark.filterwarnings(MONAI_SINGLE_CHANNEL)
+@pytest.mark.parametrize("batch", [False, True])
 def test_generalized_dice_and_tversky_agree_with_monai(batch, rng):
     from monai.losses import GeneralizedDiceLoss, TverskyLoss
 

@@ -6,6 +6,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+from _references import perturb_ignored, random_ignore_mask
 
 import keras_seglosses as ks
 from keras_seglosses.losses.region_specific import adaptive_tversky_weights
@@ -20,9 +21,12 @@ def _cells(shape, grid):
         yield tuple(slice(i * b, (i + 1) * b) for i, b in zip(index, sizes))
 
 
-def np_region_specific(y, p, grid, eps, kind, reduction="sum", A=0.3, B=0.4):
-    """Eq. 4 (`kind="dice"`) or Eq. 6-8 (`kind="tversky"`) per sample."""
+def np_region_specific(y, p, grid, eps, kind, reduction="sum", A=0.3, B=0.4, mask=None):
+    """Eq. 4 (`kind="dice"`) or Eq. 6-8 (`kind="tversky"`) per sample; with
+    an ignore `mask` every cell sum weighted by it (a class is present in a
+    cell by its counted voxels)."""
     spatial = y.shape[1:-1]
+    mask = np.ones_like(y) if mask is None else mask
     grid = (grid,) * len(spatial) if np.isscalar(grid) else grid
     out = []
     for b in range(y.shape[0]):
@@ -32,12 +36,15 @@ def np_region_specific(y, p, grid, eps, kind, reduction="sum", A=0.3, B=0.4):
             for cell in _cells(spatial, grid):
                 g = y[(b, *cell, c)].astype("float64")
                 q = p[(b, *cell, c)].astype("float64")
-                if g.sum() == 0:
+                m = mask[(b, *cell, c)].astype("float64")
+                if (m * g).sum() == 0:
                     continue  # class absent from this sub-region: dropped
                 if kind == "dice":
-                    value = 1 - (2 * (q * g).sum() + eps) / ((q**2).sum() + (g**2).sum() + eps)
+                    num = 2 * (m * q * g).sum() + eps
+                    value = 1 - num / ((m * q**2).sum() + (m * g**2).sum() + eps)
                 else:
-                    tp, fp, fn = (q * g).sum(), (q * (1 - g)).sum(), ((1 - q) * g).sum()
+                    tp = (m * q * g).sum()
+                    fp, fn = (m * q * (1 - g)).sum(), (m * (1 - q) * g).sum()
                     alpha = A + B * (fp + eps) / (fp + fn + eps)
                     beta = A + B * (fn + eps) / (fp + fn + eps)
                     value = 1 - (tp + eps) / (tp + alpha * fp + beta * fn + eps)
@@ -326,3 +333,54 @@ def test_fit_one_step_compiled_then_save_and_load(rng, tmp_path):
     for before, after in zip(losses, loaded.loss):
         assert type(after) is type(before) and after.get_config() == before.get_config()
 
+
+
+# ---------------------------------------------------------------- ignore mask
+def _masked(rng, shape):
+    y, p = make(rng, shape)
+    m = random_ignore_mask(rng, shape, fraction=0.3)
+    m[0, : shape[1] // 2, : shape[2] // 2] = 0.0  # a whole cell of grid 2 ignored
+    return y, p, m.astype("float32")
+
+
+@pytest.mark.parametrize("kind", ["dice", "tversky"])
+@pytest.mark.parametrize(
+    "shape, grid, reduction",
+    [((2, 8, 6, 3), 2, "sum"), ((2, 8, 6, 3), (4, 3), "mean"), ((2, 4, 6, 4, 1), (2, 3, 1), "sum")],
+)
+def test_masked_matches_loop_over_blocks(rng, kind, shape, grid, reduction):
+    y, p, m = _masked(rng, shape)
+    loss = LOSSES[kind](grid=grid, smooth=1e-3, region_reduction=reduction, mask_index=0)
+    got = value(loss, ks.pack_targets(y, m), p)
+    want = np_region_specific(y, p, grid, 1e-3, kind, reduction, mask=m)
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+    assert np.abs(want - np_region_specific(y, p, grid, 1e-3, kind, reduction)).max() > 1e-3
+    y2, p2 = perturb_ignored(rng, m, y, p)
+    again = value(loss, ks.pack_targets(y2.astype("f4"), m), p2.astype("f4"))
+    np.testing.assert_allclose(again, got, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.backends
+def test_masked_compiled_matches_reference_without_gradient_at_ignored_voxels(
+        rng, jit, autodiff):
+    y, p, m = _masked(rng, (2, 8, 8, 2))
+    target = ks.pack_targets(y, np.zeros_like(y), m)
+    for kind, cls in LOSSES.items():
+        loss = cls(grid=2, smooth=1e-3, mask_index=1)
+        got = keras.ops.convert_to_numpy(jit(loss.call)(target, p))
+        np.testing.assert_allclose(got, np_region_specific(y, p, 2, 1e-3, kind, mask=m),
+                                   rtol=2e-5)
+        grad = autodiff(lambda q: keras.ops.sum(loss.call(target, q)))(p)
+        assert np.all(np.isfinite(grad)) and np.abs(grad[m > 0]).max() > 0
+        assert np.all(grad[m == 0] == 0.0)
+        # the cell ignored whole contributes nothing
+        np.testing.assert_array_equal(grad[0, :4, :4], 0.0)
+
+
+def test_masked_config_round_trip_and_validation():
+    loss = ks.AdaptiveRegionSpecificTversky(grid=(2, 4), mask_index=2)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert again.get_config() == loss.get_config() and again.mask_index == 2
+    assert [tuple(r) for r in ks.map_reads(again, 1)] == [("mask", 2, 1)]
+    with pytest.raises(ValueError, match="`mask_index`"):
+        ks.RegionSpecificDice(mask_index=-1)

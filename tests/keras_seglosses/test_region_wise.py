@@ -4,7 +4,7 @@ sign property of RRW gradients [002, Sec. 3.3], packed maps, Keras usage."""
 import keras
 import numpy as np
 import pytest
-from _references import np_region_map
+from _references import np_region_map, perturb_ignored, random_ignore_mask
 from scipy import ndimage
 
 import keras_seglosses as ks
@@ -210,3 +210,93 @@ def test_fit_one_step_compiled_then_save_and_load(rng, tmp_path):
 def test_bad_hyperparameters(kwargs, arg):
     with pytest.raises(ValueError, match=rf"Invalid value for argument `{arg}`.*Received: {arg}="):
         ks.RegionWise(**kwargs)
+
+
+# ------------------------------------------------------------- ignore mask
+def np_region_wise_masked(y, probs, m, kind, spacing=None):
+    """Eq. 1 over the counted voxels: the map of the masked labels (one
+    sigmoid channel as the two classes `[1 - y m, y m]`), the mean over the
+    counted voxels and the K classes."""
+    if y.shape[-1] == 1:
+        y = np.concatenate([1 - y * m, y * m], -1)
+        probs = np.concatenate([1 - probs, probs], -1)
+        m = np.concatenate([m, m], -1)
+    else:
+        y = y * m
+    z = scipy_map(y, kind, spacing)
+    axes = tuple(range(1, y.ndim))
+    return (m * probs * z).sum(axes) / m.sum(axes)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _masked(rng, shape):
+    y, logits = make(rng, shape)
+    if shape[-1] == 2:  # one sigmoid channel, the foreground
+        y, logits = y[..., 1:], logits[..., 1:]
+    return y, logits, random_ignore_mask(rng, y.shape).astype("float32")
+
+
+@pytest.mark.parametrize("kind", ["rrw", "boundary", "ac"])
+@pytest.mark.parametrize(
+    "shape, spacing",
+    [((2, 7, 6, 3), None), ((2, 4, 5, 6, 4), [1.0, 2.0, 1.5]), ((2, 8, 7, 2), None)],
+)
+def test_masked_matches_equation_1(rng, kind, shape, spacing):
+    y, logits, m = _masked(rng, shape)
+    probs = sigmoid(logits) if y.shape[-1] == 1 else softmax(logits)
+    want = np_region_wise_masked(y, probs, m, kind, spacing)
+    loss = ks.RegionWise(map=kind, spacing=spacing, from_logits=True, mask_index=0)
+    got = np_(loss.call(ks.pack_targets(y, m), logits))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    counting_all = np_(loss.call(ks.pack_targets(y, np.ones_like(m)), logits))
+    assert np.abs(got - counting_all).max() > 1e-4
+    y2, logits2 = perturb_ignored(rng, m, y, logits)
+    again = np_(loss.call(ks.pack_targets(y2.astype("f4"), m), logits2.astype("f4")))
+    np.testing.assert_allclose(again, got, rtol=1e-5, atol=1e-6)
+    with_probs = ks.RegionWise(map=kind, spacing=spacing, mask_index=0)
+    np.testing.assert_allclose(
+        np_(with_probs.call(ks.pack_targets(y, m), probs.astype("f4"))), want, rtol=1e-5,
+        atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_masked_packed_map_of_the_masked_labels_gives_same_result(rng, c):
+    y, logits, m = _masked(rng, (2, 6, 5, 3 if c == 3 else 2))
+    z = np_(ks.rrw_map(y * m))
+    (z_noisy,) = perturb_ignored(rng, m[..., :1].repeat(z.shape[-1], -1), z)  # masked anyway
+    maps = [z_noisy] if c == 3 else [z_noisy[..., :1], z_noisy[..., 1:]]
+    packed = ks.pack_targets(y, *maps, m)
+    mask_slot = len(maps)
+    got = ks.RegionWise(map_index=0, mask_index=mask_slot, from_logits=True).call(packed, logits)
+    want = ks.RegionWise(mask_index=0, from_logits=True).call(ks.pack_targets(y, m), logits)
+    np.testing.assert_allclose(np_(got), np_(want), rtol=1e-5, atol=1e-7)
+
+
+def test_mask_slot_inside_a_two_slot_map_is_refused(rng):
+    y, logits, m = _masked(rng, (1, 4, 4, 2))
+    packed = ks.pack_targets(y, m, m, m)
+    with pytest.raises(ValueError, match=r"`mask_index`.*slots \[0, 1\].*mask_index=1"):
+        ks.RegionWise(map_index=0, mask_index=1).call(packed, logits)
+    with pytest.raises(ValueError, match="`mask_index`"):
+        ks.RegionWise(map_index=1, mask_index=1)
+    loss = ks.RegionWise(map="ac", map_index=0, mask_index=2)
+    assert [tuple(r) for r in ks.map_reads(loss, 1)] == [("rw_ac", 0, 2), ("mask", 2, 1)]
+    assert ks.RegionWise.from_config(loss.get_config()).get_config() == loss.get_config()
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("shape", [(2, 6, 6, 3), (2, 4, 4, 4, 2)])
+def test_masked_compiled_value_and_no_gradient_at_ignored_voxels(rng, shape, jit, autodiff):
+    y, logits, m = _masked(rng, shape)
+    probs = sigmoid(logits) if y.shape[-1] == 1 else softmax(logits)
+    target = ks.pack_targets(y, m)
+    loss = ks.RegionWise(from_logits=True, mask_index=0)
+    got = np_(jit(loss.call)(target, logits))
+    np.testing.assert_allclose(got, np_region_wise_masked(y, probs, m, "rrw"), rtol=1e-5,
+                               atol=1e-6)
+    grad = autodiff(lambda phi: keras.ops.sum(loss.call(target, phi)))(logits)
+    assert np.all(np.isfinite(grad)) and np.abs(grad[m > 0]).max() > 0
+    assert np.all(grad[m == 0] == 0.0)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import torch
+from _references import np_surface_metrics
 from keras import ops
 from medpy.metric import binary as medpy_binary
 from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDistanceMetric
@@ -380,3 +381,132 @@ def test_empty_nan_leaves_every_empty_case_out_as_monai():
         assert float(metric.excluded) == 3.0
     with pytest.raises(ValueError, match="`empty`"):
         HD95(empty="ignore")
+
+
+# ------------------------------------------------------------ ignore masks
+# MONAI, medpy and DeepMind take no mask for these metrics: the references
+# are scipy's (and DeepMind's for the surfel conventions) on the masks
+# restricted to the counted voxels.
+def masked_case(rng, shape):
+    """`case_masks` with a per-channel ignore mask: a slab through the
+    objects and scattered voxels."""
+    gt, pr = case_masks(rng, shape)
+    mask = rng.random(gt.shape) > 0.1
+    mask[:, :, shape[1] // 3: shape[1] // 2] = False
+    return gt, pr, mask
+
+
+def masked_references(gt, pr, mask, spacing, tol):
+    """Every convention per sample and channel, keys as `np_surface_metrics`
+    plus `"hd surfel"` and `"nsd surfel"` (DeepMind's)."""
+    out = {}
+    for b in range(gt.shape[0]):
+        for c in range(gt.shape[-1]):
+            g, q = gt[b, ..., c] & mask[b, ..., c], pr[b, ..., c] & mask[b, ..., c]
+            assert g.any() and q.any()
+            want = np_surface_metrics(g, q, spacing, tol)
+            dm = surface_distance.compute_surface_distances(g, q, spacing)
+            want["hd surfel"] = surface_distance.compute_robust_hausdorff(dm, 95)
+            want["nsd surfel"] = surface_distance.compute_surface_dice_at_tolerance(dm, tol)
+            for key, value in want.items():
+                out.setdefault(key, np.zeros(gt.shape[:1] + gt.shape[-1:]))[b, c] = value
+    return out
+
+
+def masked_ours(fn_hd, fn_nsd, fn_asd, y, p, spacing, tol):
+    return {
+        "hd max": fn_hd(y, p, spacing),
+        "hd pooled": fn_hd(y, p, spacing, convention="pooled"),
+        "hd mean": fn_hd(y, p, spacing, convention="mean"),
+        "hd directed": fn_hd(y, p, spacing, directed=True),
+        "hd surfel": fn_hd(y, p, spacing, convention="surfel"),
+        "asd mean": fn_asd(y, p, spacing),
+        "asd pooled": fn_asd(y, p, spacing, convention="pooled"),
+        "asd directed": fn_asd(y, p, spacing, directed=True),
+        "nsd voxel": fn_nsd(y, p, tol, spacing),
+        "nsd surfel": fn_nsd(y, p, tol, spacing, convention="surfel"),
+    }
+
+
+def test_masked_conventions_match_scipy_and_deepmind_on_the_masked_masks(rng):
+    shape, spacing, tol, _ = CASES[0]
+    gt, pr, mask = masked_case(rng, shape)
+    want = masked_references(gt, pr, mask, spacing, tol)
+    packed = pack_targets(gt.astype("float32"), mask.astype("float32"))
+    p = pr.astype("float32")
+
+    def with_mask(fn):
+        return lambda y, p, *args, **kwargs: fn(y, p, *args, mask_index=0, **kwargs)
+
+    got = masked_ours(*(with_mask(f) for f in (functional.hd95, functional.nsd, functional.asd)),
+                      packed, p, spacing, tol)
+    for key, value in got.items():
+        np.testing.assert_allclose(ops.convert_to_numpy(value), want[key], rtol=RTOL, err_msg=key)
+    # The same options without the mask (another compiled function on the
+    # eager path) score the whole masks.
+    plain = ops.convert_to_numpy(functional.hd95(packed, p, spacing))
+    g, q = gt[1, ..., 0], pr[1, ..., 0]
+    assert plain[1, 0] == pytest.approx(np_surface_metrics(g, q, spacing, tol)["hd max"], rel=RTOL)
+    assert not np.allclose(plain, want["hd max"])
+
+
+@pytest.mark.backends
+def test_masked_surface_metrics_compile_and_follow_the_empty_rules(rng, jit):
+    shape, spacing, tol, _ = CASES[2]
+    gt, pr, mask = masked_case(rng, shape)
+    want = masked_references(gt, pr, mask, spacing, tol)
+    y, p, w = gt.astype("float32"), pr.astype("float32"), mask.astype("float32")
+    # slot 1: the rpmap slot 0 of a metric that reads one would take
+    packed = pack_targets(y, np.zeros_like(y), w)
+    fn = jit(lambda a, b: [functional.hd95(a, b, spacing, mask_index=1),
+                           functional.nsd(a, b, tol, spacing, mask_index=1),
+                           functional.asd(a, b, spacing, convention="pooled", mask_index=1)])
+    for value, key in zip(fn(packed, p), ("hd max", "nsd voxel", "asd pooled")):
+        np.testing.assert_allclose(ops.convert_to_numpy(value), want[key], rtol=RTOL, err_msg=key)
+    # Ignored voxels' labels and predictions change nothing.
+    flipped = np.where(mask, gt, ~gt).astype("float32")
+    again = fn(pack_targets(flipped, np.zeros_like(y), w),
+               np.where(mask, pr, ~pr).astype("float32"))
+    for value, key in zip(again, ("hd max", "nsd voxel", "asd pooled")):
+        np.testing.assert_allclose(ops.convert_to_numpy(value), want[key], rtol=RTOL, err_msg=key)
+    # Empty rules on the counted voxels: sample 0 channel 0 with the
+    # prediction only inside the ignored voxels (exactly one empty), sample
+    # 1 channel 0 with both there (both empty).
+    w[0, ..., 0] = np.where(pr[0, ..., 0] & ~gt[0, ..., 0], 0.0, 1.0)
+    p[0, ..., 0] = (pr[0, ..., 0] & ~gt[0, ..., 0]).astype("float32")
+    w[1, ..., 0] = 0.0
+    packed = pack_targets(y, np.zeros_like(y), w)
+    diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
+    hd, nsd_, asd_ = (ops.convert_to_numpy(v) for v in fn(packed, p))
+    assert hd[0, 0] == pytest.approx(diag) and asd_[0, 0] == pytest.approx(diag)
+    assert nsd_[0, 0] == 0.0 and (hd[1, 0], nsd_[1, 0], asd_[1, 0]) == (0.0, 1.0, 0.0)
+    np.testing.assert_allclose(hd[:, 1], want["hd max"][:, 1], rtol=RTOL)
+    for cls, key in ((HD95, "hd max"), (NSD, "nsd voxel"), (ASD, "asd pooled")):
+        kwargs = {"convention": "pooled"} if cls is ASD else {}
+        if cls is NSD:
+            kwargs["tolerance"] = tol
+        metric = cls(spacing=spacing, mask_index=1, empty="nan", **kwargs)
+        metric.update_state(packed, p)
+        values = np.array(want[key])
+        values[:, 0] = np.nan  # the two empty cases are left out
+        assert float(metric.result()) == pytest.approx(np.nanmean(np.nanmean(values, -1)),
+                                                       rel=RTOL), key
+        assert float(metric.excluded) == 2.0
+
+
+def test_masked_metric_config_and_map_reads():
+    from keras_seglosses.targets import MapRead, map_reads
+
+    for cls in (HD95, NSD, ASD):
+        metric = cls(spacing=(1.0, 2.0, 1.5), mask_index=2)
+        assert map_reads(metric) == (MapRead("mask", 2, 1),)
+        restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+        assert restored.mask_index == 2 and restored.get_config() == metric.get_config()
+        assert cls().mask_index is None and map_reads(cls()) == ()
+        with pytest.raises(ValueError, match="`mask_index`"):
+            cls(mask_index=-1)
+    y = np.zeros((1, 6, 6, 6, 1), "float32")
+    with pytest.raises(ValueError, match="ignore mask.*pack_targets"):
+        functional.hd95(y, y, mask_index=0)
+    with pytest.raises(ValueError, match="`mask_index`"):
+        functional.nsd(pack_targets(y, y), y, mask_index=1.5)

@@ -189,3 +189,153 @@ def test_every_loss_on_a_target_packed_with_an_rpmap_and_a_phi_map(name, rng):
         (read,) = map_reads(pointed, 1)
         target = pack_targets(y, m, *np.split(maps[read.kind], read.slots, axis=-1))
         np.testing.assert_allclose(value(pointed, target), value(loss, y), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- ignore masks
+# The `"mask"` map (1 counts, 0 ignored) of every loss and metric: the
+# ignored voxels' labels, maps and predictions reach neither the value nor
+# the gradient, and for losses of voxel sums and means the value is the
+# loss of the counted voxels alone.
+
+def _public_metrics():
+    out = {}
+    for name in ks.metrics.__all__:
+        cls = getattr(ks.metrics, name)
+        if isinstance(cls, type) and issubclass(cls, keras.metrics.Metric):
+            out[name] = cls
+    return out
+
+
+def _masked_case(rng, counted=None):
+    """Labels, prediction, rpmap and an ignore mask `(2, 8, 8, 8, 1)`; with
+    `counted`, exactly that many counted voxels per sample."""
+    y = np.zeros((2, 8, 8, 8, 1), "float32")
+    y[0, 2:6, 1:5, 3:7] = 1.0
+    y[1, 3:8, 3:8, 1:4] = 1.0
+    p = rng.uniform(0.05, 0.95, y.shape).astype("float32")
+    m = np.where(y > 0, 1.0, rng.choice([-1.0, 0.5], y.shape)).astype("float32")
+    mask = np.ones_like(y)
+    if counted is None:
+        mask[rng.uniform(size=y.shape) < 0.3] = 0.0
+        mask[:, 2:4, 2:4, 2:6] = 0.0  # a block cutting through the foreground
+    else:
+        for b in range(y.shape[0]):
+            flat = mask[b].reshape(-1)
+            flat[rng.permutation(flat.size)[counted:]] = 0.0
+    return y, p, m, mask
+
+
+def _perturbed(rng, mask, *arrays):
+    """Each array with new values at the ignored voxels (labels flipped)."""
+    ignored = mask == 0
+    out = []
+    for a in arrays:
+        if set(np.unique(a)) <= {0.0, 1.0}:
+            other = 1.0 - a
+        else:
+            other = rng.uniform(a.min() - 1, a.max() + 1, a.shape)
+        out.append(np.where(ignored, other, a).astype("float32"))
+    return out
+
+
+def _with_mask(cls, kwargs, y, m, mask):
+    """`(reader, target)`: `cls` reading the mask after the maps it needs
+    (the rpmap, or the map its `map_kind` names, packed at slot 0)."""
+    probe = cls(**kwargs)
+    reads = map_reads(probe, 1)
+    maps = []
+    for read in reads:
+        maps += [m] if read.kind in ("rpmap", "soft", "consensus") else list(
+            np.split(_maps(y)[read.kind], read.slots, axis=-1))
+    reader = cls(**kwargs, mask_index=len(maps))
+    return reader, maps
+
+
+_MASK_METRIC_ARGS = {"RPD": {"map_index": 0}, "QUBIQ": {"map_index": 0},
+                     "ConsensusDice": {"map_index": 0}}
+
+
+@pytest.mark.parametrize("family, name", [("loss", n) for n in sorted(_public_losses())]
+                         + [("metric", n) for n in sorted(_public_metrics())])
+def test_every_loss_and_metric_ignores_masked_voxels(family, name, rng):
+    is_loss = family == "loss"
+    cls = (_public_losses() if is_loss else _public_metrics())[name]
+    kwargs = (_REQUIRED if is_loss else _MASK_METRIC_ARGS).get(name, {})
+    y, p, m, mask = _masked_case(rng)
+    soft = name in ("QUBIQ", "ConsensusDice")
+    if soft:  # read a soft consensus; its labels are the majority
+        m = rng.choice([0.0, 1 / 3, 2 / 3, 1.0], y.shape).astype("float32")
+        y = (m > 0.5).astype("float32")
+    reader, maps = _with_mask(cls, kwargs, y, m, mask)
+    assert ("mask", len(maps), 1) in [tuple(r) for r in map_reads(reader, 1)]
+    assert type(reader).from_config(reader.get_config()).get_config() == reader.get_config()
+
+    def value(target, pred):
+        if is_loss:
+            return float(ops.convert_to_numpy(reader(target, pred)))
+        reader.reset_state()
+        reader.update_state(target, pred)
+        return float(ops.convert_to_numpy(reader.result()))
+
+    target = pack_targets(y, *maps, mask)
+    y2, p2, *maps2 = _perturbed(rng, mask, y, p, *maps)
+    masked = value(target, p)
+    np.testing.assert_allclose(value(pack_targets(y2, *maps2, mask), p2), masked,
+                               rtol=1e-5, atol=1e-6)
+    unmasked = value(pack_targets(y, *maps, np.ones_like(mask)), p)
+    assert abs(masked - unmasked) > 1e-4, "the mask changed nothing"
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("name", sorted(_public_losses()))
+def test_every_loss_has_no_gradient_at_ignored_voxels(name, rng, autodiff):
+    cls = _public_losses()[name]
+    y, p, m, mask = _masked_case(rng)
+    reader, maps = _with_mask(cls, _REQUIRED.get(name, {}), y, m, mask)
+    target = pack_targets(y, *maps, mask)
+    grad = autodiff(lambda x: ops.sum(reader.call(target, x)))(p)
+    assert np.all(np.isfinite(grad))
+    assert np.all(grad[mask == 0] == 0.0)
+    assert np.any(grad[mask > 0] != 0.0)
+
+
+# Losses of voxel sums and means: masked, they are the loss of the counted
+# voxels gathered into a (batch, n, 1, C) volume.
+_SEPARABLE = ["Dice", "WeightedBinaryCrossentropy", "RewardPenaltyDice", "IoU", "Tversky",
+              "FocalTversky", "AsymmetricSimilarity", "SensitivitySpecificity",
+              "GeneralizedDice", "PenaltyGeneralizedDice", "GeneralizedWassersteinDice",
+              "Lovasz", "CrossEntropy", "WeightedCrossEntropy", "TopK", "Focal", "DiceCE",
+              "DiceFocal", "DiceTopK", "ExpLog"]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("name", _SEPARABLE)
+def test_masked_separable_loss_is_the_loss_of_the_counted_voxels(name, batch, rng):
+    cls = _public_losses()[name]
+    kwargs = dict(_REQUIRED.get(name, {}))
+    if "batch" in inspect.signature(cls).parameters:
+        kwargs["batch"] = batch
+    elif batch:
+        pytest.skip("no batch argument")
+    y, p, m, mask = _masked_case(rng, counted=300)
+    reader, maps = _with_mask(cls, kwargs, y, m, mask)
+    plain = cls(**kwargs)
+    keep = mask[..., 0] > 0
+    gather = lambda a: a[keep].reshape(2, -1, 1, a.shape[-1])
+    expected = float(ops.convert_to_numpy(
+        plain(pack_targets(gather(y), *[gather(x) for x in maps]), gather(p))))
+    got = float(ops.convert_to_numpy(reader(pack_targets(y, *maps, mask), p)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_index_must_differ_from_the_map_slot():
+    with pytest.raises(ValueError, match="mask_index"):
+        ks.RewardPenaltyDice(map_index=0, mask_index=0)
+    with pytest.raises(ValueError, match="mask_index"):
+        ks.Dice(mask_index=-1)
+
+
+def test_missing_mask_slot_names_the_helper(rng):
+    y, p, _, _ = _masked_case(rng)
+    with pytest.raises(ValueError, match="ignore mask.*pack_targets"):
+        ks.Dice(mask_index=0)(y, p)
