@@ -2,8 +2,9 @@
 
 `pip install "keras-seglosses[tensorflow]"` (or `[jax]`, `[torch]`) installs
 the backend and everything `cmseg` needs on top of the library: TensorFlow
-for the `tf.data` pipeline of `cm_dataset` (on every backend) and matplotlib
-for the figures of `evaluate` and `predict`. Where one of them is missing,
+for the `tf.data` pipeline of `cm_dataset` (on every backend), matplotlib
+for the figures of `evaluate` and `predict`, nibabel and pynrrd for NIfTI
+and NRRD files (`predict --input`, `check-data`, `cm_dataset.folder`). Where one of them is missing,
 `cmseg` says which extra to install (exit status 2), never a bare
 `ModuleNotFoundError` traceback.
 
@@ -21,11 +22,13 @@ __all__ = ["MissingDependency", "available", "install_hint", "require", "report_
 
 DISTRIBUTION = "keras-seglosses"
 BACKENDS = ("tensorflow", "jax", "torch")
-# Top-level module -> the extras that bring it. TensorFlow and matplotlib
-# come with every backend extra.
+# Top-level module -> the extras that bring it. TensorFlow, matplotlib,
+# nibabel and pynrrd (module `nrrd`) come with every backend extra.
 EXTRAS = {
     "tensorflow": BACKENDS,
     "matplotlib": BACKENDS,
+    "nibabel": BACKENDS,
+    "nrrd": BACKENDS,
     "jax": ("jax",),
     "jaxlib": ("jax",),
     "torch": ("torch",),

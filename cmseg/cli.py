@@ -1,10 +1,11 @@
-"""The `cmseg` command line: synth, train, evaluate, predict, study, demo.
+"""The `cmseg` command line: synth, train, evaluate, predict, check-data, study, demo.
 
     cmseg synth    --out DIR [--seed N]
     cmseg train    --data DIR --experiment {bone,surgeon} --fold {K,all}
                    --model NAME --loss NAME --out RUNDIR [options]
     cmseg evaluate --data DIR --runs RUNDIR [RUNDIR ...] --out REPORTDIR
-    cmseg predict  --model PATH --input X.npy --out DIR
+    cmseg predict  --model PATH --input X.{npy,nii,nii.gz,nrrd} --out DIR
+    cmseg check-data DIR [--spacing S [S S]]
     cmseg study    --data DIR --out STUDYDIR [--losses wcel dl rpdl] [--seeds 0 1 2]
                    [--jobs N] [--print-commands] [train options]
     cmseg demo     [--out DIR] [--epochs N] [--steps-per-epoch N]
@@ -207,8 +208,10 @@ def build_parser():
     p = sub.add_parser("predict", help="predict the surgical region of new bones")
     p.add_argument("--model", required=True, help="a .keras model or an original .h5 file")
     p.add_argument("--input", required=True,
-                   help=".npy label volumes, shape (D, H, W) or (N, D, H, W); another size "
-                   "than the model's input is predicted by sliding windows")
+                   help="label volumes: .npy of shape (D, H, W) or (N, D, H, W), or one "
+                   "volume as .nii, .nii.gz or .nrrd (the outputs take its format, grid and "
+                   "header); another size than the model's input is predicted by sliding "
+                   "windows")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--architecture", default="unet", choices=registry.MODELS,
                    help="architecture of an .h5 file. Default: %(default)s")
@@ -222,6 +225,14 @@ def build_parser():
                    help="keep the largest 26-connected component of each region")
     p.add_argument("--min-size", type=int, default=0, metavar="N",
                    help="remove components smaller than N voxels. Default: %(default)s")
+
+    p = sub.add_parser("check-data", help="validate a folder of multi-annotator cases "
+                       "(DIR/<case>/image.nii.gz, DIR/<case>/annotation-<rater>.nii.gz) and "
+                       "list them")
+    p.add_argument("directory", metavar="DIR", help="the data folder")
+    p.add_argument("--spacing", type=_positive_float, nargs="+", default=None, metavar="S",
+                   help="voxel size in mm of .npy files (one number, or one per axis); "
+                   "NIfTI and NRRD carry their own. Default: 1")
 
     p = sub.add_parser("study", help="every fold, loss and seed of both experiments, "
                        "evaluated with paired statistics (does RPDL help?)")
@@ -399,6 +410,21 @@ def _cmd_predict(args, parser):
     return 0
 
 
+def _cmd_check_data(args, parser):
+    from cm_dataset import folder
+    from cmseg._io import UsageError
+
+    if args.spacing is not None and len(args.spacing) not in (1, 3):
+        parser.error(f"argument --spacing: expected 1 or 3 values, got {len(args.spacing)}")
+    try:
+        # Lazy: a folder larger than memory is checked one file at a time.
+        cases = folder.load_folder(args.directory, spacing=args.spacing, lazy=True)
+    except folder.DataError as e:
+        raise UsageError(str(e)) from None
+    print(folder.summary(cases))
+    return 0
+
+
 def _cmd_study(args, parser):
     from cmseg.study import study_main
 
@@ -424,7 +450,8 @@ def main(argv=None):
     except SystemExit as e:
         return int(e.code or 0)
     commands = {"synth": lambda a, p: _cmd_synth(a), "train": _cmd_train,
-                "evaluate": _cmd_evaluate, "predict": _cmd_predict, "study": _cmd_study,
+                "evaluate": _cmd_evaluate, "predict": _cmd_predict,
+                "check-data": _cmd_check_data, "study": _cmd_study,
                 "demo": _cmd_demo}
     sub = args.command_parser
     try:

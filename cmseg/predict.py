@@ -7,6 +7,14 @@ are loaded into the matching `models3d` architecture with
 (anatomical labels 0..13), encoded as the model expects: one channel
 `x / 6.5 - 1` (the original's scaling) or 14 one-hot channels.
 
+The input is a `.npy` file (one volume or a stack) or one volume in NIfTI
+(`.nii`, `.nii.gz`) or NRRD (`.nrrd`), read with `cm_dataset.folder.read_volume`
+in its stored voxel order (nothing is reoriented or resampled, so the volume
+must lie as the model's training data did). The outputs are written in the
+input's format, on its voxel grid with its affine and header:
+`region.nii.gz` / `probability.nii.gz` for NIfTI, `region.nrrd` /
+`probability.nrrd` for NRRD, `region.npy` / `probability.npy` for `.npy`.
+
 Volumes of another size than the model's input are predicted by sliding
 windows (`cmseg.inference.sliding_window`: overlap 0.5, Gaussian
 weighting); `tta` averages over exact symmetries (`"flips"`, or `"all"` 48),
@@ -23,10 +31,17 @@ from cmseg._io import UsageError
 
 require("matplotlib", "cmseg predict draws slices.png with it")
 
-__all__ = ["encode", "load_volumes", "load_model", "predict", "plot_slices",
-           "full_resolution"]
+__all__ = ["encode", "load_volumes", "load_input", "load_model", "predict", "plot_slices",
+           "full_resolution", "output_names"]
 
 N_LABELS = 14
+# Input ending -> (region, probability) file names: outputs keep the input's format.
+_OUTPUTS = {
+    "nifti": ("region.nii.gz", "probability.nii.gz"),
+    "nrrd": ("region.nrrd", "probability.nrrd"),
+    "npy": ("region.npy", "probability.npy"),
+}
+_INPUT_FORMATS = ".npy, .nii, .nii.gz or .nrrd"
 
 
 def encode(x, encoding="scaled"):
@@ -49,31 +64,8 @@ def encode(x, encoding="scaled"):
     return encode_input(x, encoding)
 
 
-def load_volumes(path):
-    """Read and validate `.npy` label volumes.
-
-    Args:
-        path: a `.npy` file of shape `(D, H, W)` or `(N, D, H, W)`.
-
-    Returns:
-        int8 array `(N, D, H, W)`.
-
-    Raises:
-        UsageError: (a `ValueError`) naming the file and what is wrong.
-    """
-    if not os.path.isfile(path):
-        raise UsageError(f"--input {path}: file missing. Expected a .npy file of label volumes.")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
-        raise UsageError(f"--input {path}: unreadable as a NumPy .npy array ({e}).") from None
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise UsageError(
-            f"--input {path}: wrong shape. Expected one volume (D, H, W), e.g. (64, 64, 64), "
-            f"or a stack (N, D, H, W) of anatomical label volumes. Received: shape {x.shape}."
-        )
+def _check_labels(x, path):
+    """int8 labels from an array read off `path`, or UsageError naming it."""
     if x.dtype != bool and not np.issubdtype(x.dtype, np.integer):
         if not np.issubdtype(x.dtype, np.floating) or not np.all(np.round(x) == x):
             raise UsageError(
@@ -87,6 +79,88 @@ def load_volumes(path):
             f"0..{N_LABELS - 1}. Received values from {lo:g} to {hi:g}."
         )
     return x.astype(np.int8)
+
+
+def _input_format(path):
+    name = os.path.basename(path).lower()
+    if name.endswith(".npy"):
+        return "npy"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith(".nrrd"):
+        return "nrrd"
+    return None
+
+
+def load_input(path):
+    """Read and validate the label volumes of `--input`, with the geometry
+    the outputs are written on.
+
+    Args:
+        path: a `.npy` file of shape `(D, H, W)` or `(N, D, H, W)`, or one
+            volume `(D, H, W)` as `.nii`, `.nii.gz` or `.nrrd`.
+
+    Returns:
+        `(x, meta)`: int8 array `(N, D, H, W)` and, for NIfTI and NRRD, the
+        `meta` of `cm_dataset.folder.read_volume` (`None` for `.npy`).
+
+    Raises:
+        UsageError: (a `ValueError`) naming the file and what is wrong.
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"--input {path}: file missing. Expected a {_INPUT_FORMATS} file "
+                         "of label volumes.")
+    fmt = _input_format(path)
+    if fmt is None:
+        raise UsageError(f"--input {path}: unknown format. Expected a {_INPUT_FORMATS} file "
+                         "of label volumes.")
+    if fmt == "npy":
+        try:
+            x = np.load(path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
+            raise UsageError(f"--input {path}: unreadable as a NumPy .npy array ({e}).") from None
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise UsageError(
+                f"--input {path}: wrong shape. Expected one volume (D, H, W), e.g. (64, 64, 64), "
+                f"or a stack (N, D, H, W) of anatomical label volumes. Received: shape {x.shape}."
+            )
+        return _check_labels(x, path), None
+    # Imported here: `cm_dataset` brings Keras, loaded only when a command needs it.
+    from cm_dataset.folder import DataError, read_volume
+
+    try:
+        x, _, _, meta = read_volume(path)
+    except DataError as e:
+        raise UsageError(f"--input {e}") from None
+    if x.ndim != 3:
+        raise UsageError(
+            f"--input {path}: wrong shape. Expected one label volume (D, H, W). Received: "
+            f"shape {x.shape} (a {fmt.upper()} file holds one volume; stack several in a .npy)."
+        )
+    return _check_labels(x, path)[None], meta
+
+
+def load_volumes(path):
+    """Read and validate label volumes (`load_input` without the geometry).
+
+    Args:
+        path: a `.npy` file of shape `(D, H, W)` or `(N, D, H, W)`, or one
+            volume as `.nii`, `.nii.gz` or `.nrrd`.
+
+    Returns:
+        int8 array `(N, D, H, W)`.
+
+    Raises:
+        UsageError: (a `ValueError`) naming the file and what is wrong.
+    """
+    return load_input(path)[0]
+
+
+def output_names(input_path):
+    """`(region, probability)` file names for an input: its own format."""
+    return _OUTPUTS[_input_format(input_path) or "npy"]
 
 
 def full_resolution(model):
@@ -171,8 +245,15 @@ def plot_slices(x, region, path, max_rows=4):
 
 def predict(model_path, input_path, out, architecture="unet", batch_size=2, threshold=0.5,
             tta="none", overlap=0.5, keep_largest=False, min_size=0, log=print):
-    """Predict and write `region.npy` (int8, binary at `threshold`),
-    `probability.npy` (float32) and `slices.png` into `out`.
+    """Predict and write the region (binary at `threshold`), the
+    probability (float32) and `slices.png` into `out`.
+
+    The region and probability files take the input's format
+    (`output_names`): for `.npy` input `region.npy` (int8) and
+    `probability.npy`, stacked `(N, D, H, W)` as the input; for NIfTI
+    `region.nii.gz` (uint8) and `probability.nii.gz`, for NRRD `region.nrrd`
+    and `probability.nrrd`, each with the input's shape, affine and header
+    (`cm_dataset.folder.write_volume`).
 
     Args:
         tta: `"none"`, `"flips"` (8 flips) or `"all"` (the 48 symmetries of
@@ -192,7 +273,7 @@ def predict(model_path, input_path, out, architecture="unet", batch_size=2, thre
     if tta not in inference.TTA_MODES:
         raise UsageError(f"Invalid value for --tta. Expected one of "
                          f"{', '.join(inference.TTA_MODES)}. Received: --tta {tta}")
-    x = load_volumes(input_path)
+    x, meta = load_input(input_path)
     cubic = len(set(x.shape[1:])) == 1
     model = load_model(model_path, architecture, size=x.shape[1] if cubic else 64)
     shape = tuple(model.input_shape[1:])
@@ -217,11 +298,19 @@ def predict(model_path, input_path, out, architecture="unet", batch_size=2, thre
     if min_size:
         region = np.stack([inference.remove_small_components(r, min_size) for r in region])
     region = region.astype(np.int8)
+    prob = prob.astype(np.float32)
+    region_name, prob_name = output_names(input_path)
     os.makedirs(out, exist_ok=True)
-    _io.save_npy(os.path.join(out, "probability.npy"), prob.astype(np.float32))
-    _io.save_npy(os.path.join(out, "region.npy"), region)
+    if meta is None:
+        _io.save_npy(os.path.join(out, prob_name), prob)
+        _io.save_npy(os.path.join(out, region_name), region)
+    else:
+        from cm_dataset.folder import write_volume
+
+        write_volume(os.path.join(out, prob_name), prob[0], like=meta)
+        write_volume(os.path.join(out, region_name), region[0].astype(np.uint8), like=meta)
     plot_slices(x, region, os.path.join(out, "slices.png"))
     fractions = ", ".join(f"{100 * r.mean():.2f}%" for r in region[:8])
     log(f"{out}: {len(x)} volume(s){windows}, tta {tta}, predicted region {fractions} of the "
-        "volume -> region.npy, probability.npy, slices.png")
+        f"volume -> {region_name}, {prob_name}, slices.png")
     return region, prob

@@ -131,3 +131,41 @@ def test_help_and_console_script(capsys):
     cfg.read(os.path.join(ROOT, "setup.cfg"))
     assert "cmseg = cmseg._deps:main" in cfg["options.entry_points"]["console_scripts"]
     assert os.path.isfile(os.path.join(ROOT, "cmseg", "__main__.py"))
+
+
+def test_check_data_summary_and_exit_codes(tmp_path, capsys):
+    """`check-data DIR`: 0 and a table of the cases; 2 with every problem of
+    the folder, one line per file; the folder is only read."""
+    import numpy as np
+
+    nib = pytest.importorskip("nibabel")
+    affine = np.diag([0.5, 0.7, 1.3, 1.0])
+    affine[:3, 3] = (10.0, -5.0, 2.0)
+    rng = np.random.default_rng(0)
+    for name, shape, raters in (("case-1", (17, 21, 13), "abc"), ("case-2", (9, 8, 7), "ab")):
+        (tmp_path / name).mkdir()
+        nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine),
+                 tmp_path / name / "image.nii.gz")
+        for r in raters:
+            nib.save(nib.Nifti1Image((rng.random(shape) > 0.5).astype(np.uint8), affine),
+                     tmp_path / name / f"annotation-{r}.nii.gz")
+    assert cli.main(["check-data", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["case", "shape", "channels", "spacing", "(mm)", "format", "raters"]
+    assert out[1].split()[:4] == ["case-1", "17", "x", "21"] and "0.5 x 0.7 x 1.3" in out[1]
+    assert out[-1] == "2 cases, 3 raters (a, b, c)"
+
+    bad = tmp_path / "case-2" / "annotation-b.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((9, 8, 7), 3, np.uint8), affine), bad)
+    (tmp_path / "case-1" / "annotation-c.nii.gz").write_bytes(b"broken")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert cli.main(["check-data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"cmseg check-data: error: {tmp_path}: 2 problems in the data folder:" in err
+    assert f"{tmp_path / 'case-1' / 'annotation-c.nii.gz'}: unreadable as NIfTI" in err
+    assert f"{bad}: annotation not binary: values 3" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert cli.main(["check-data", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert cli.main(["check-data", str(tmp_path), "--spacing", "1", "2"]) == 2
+    assert "--spacing: expected 1 or 3 values" in capsys.readouterr().err

@@ -157,3 +157,130 @@ def test_encode_onehot():
     np.testing.assert_allclose(encode(x, "scaled")[..., 0], x / 6.5 - 1)
     with pytest.raises(ValueError, match="encoding"):
         encode(x, "raw")
+
+
+# NIfTI and NRRD inputs: a label volume of odd size on an anisotropic,
+# rotated grid away from the origin, written by nibabel or pynrrd directly.
+ODD = (17, 21, 13)
+
+
+def _grid_affine():
+    c, s = np.cos(0.4), np.sin(0.4)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([0.5, 0.7, 1.3])
+    affine[:3, 3] = (-40.0, 12.5, 77.0)
+    return affine
+
+
+def _write_input(path, x, affine):
+    import nibabel as nib
+    import nrrd
+
+    if str(path).endswith(".nrrd"):
+        lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # Slicer's and ITK's world
+        nrrd.write(str(path), x, {"space": "left-posterior-superior",
+                                  "space directions": lps[:, :3].T, "space origin": lps[:, 3]})
+    else:
+        image = nib.Nifti1Image(x, affine)
+        image.header.set_qform(affine, code=1)
+        image.header["descrip"] = b"bone 7"
+        nib.save(image, str(path))
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])
+def test_predict_nifti_and_nrrd_keep_the_input_grid(tmp_path, rng, ext):
+    """Outputs in the input's format, shape, affine and header; the same
+    prediction as for the array given as .npy."""
+    nib = pytest.importorskip("nibabel")
+    nrrd = pytest.importorskip("nrrd")
+    sitk = pytest.importorskip("SimpleITK")
+    model_path = str(tmp_path / "m.keras")
+    _model().save(model_path)
+    x = rng.integers(0, 14, ODD).astype(np.int16)
+    source = tmp_path / f"bone{ext}"
+    _write_input(source, x, _grid_affine())
+    np.save(tmp_path / "bone.npy", x)
+    before = source.read_bytes()
+    out = tmp_path / "out"
+    assert main(["predict", "--model", model_path, "--input", str(source), "--out", str(out),
+                 "--min-size", "2"]) == 0
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "bone.npy"),
+                 "--out", str(tmp_path / "ref"), "--min-size", "2"]) == 0
+    suffix = ".nii.gz" if ext == ".nii.gz" else ".nrrd"
+    assert sorted(os.listdir(out)) == sorted([f"probability{suffix}", f"region{suffix}",
+                                              "slices.png"])
+    want_prob = np.load(tmp_path / "ref" / "probability.npy")[0]
+    want_region = np.load(tmp_path / "ref" / "region.npy")[0]
+    if ext == ".nii.gz":
+        region, prob = nib.load(out / "region.nii.gz"), nib.load(out / "probability.nii.gz")
+        assert region.get_data_dtype() == np.uint8 and prob.get_data_dtype() == np.float32
+        for image in (region, prob):
+            assert image.shape == ODD
+            np.testing.assert_allclose(image.affine, _grid_affine(), atol=1e-5)
+            assert image.header["descrip"] == b"bone 7"
+        region, prob = np.asanyarray(region.dataobj), np.asanyarray(prob.dataobj)
+    else:
+        region, header = nrrd.read(str(out / "region.nrrd"))
+        prob, prob_header = nrrd.read(str(out / "probability.nrrd"))
+        _, source_header = nrrd.read(str(source))
+        assert region.dtype == np.uint8 and prob.dtype == np.float32
+        for h in (header, prob_header):
+            assert h["space"] == "left-posterior-superior"
+            np.testing.assert_array_equal(h["space directions"], source_header["space directions"])
+            np.testing.assert_array_equal(h["space origin"], source_header["space origin"])
+    np.testing.assert_allclose(prob, want_prob, atol=1e-6)
+    np.testing.assert_array_equal(region, want_region)
+    # SimpleITK, an independent reader, puts input and output on one grid.
+    a, b = sitk.ReadImage(str(source)), sitk.ReadImage(str(out / f"region{suffix}"))
+    assert a.GetSize() == b.GetSize() == ODD
+    np.testing.assert_allclose(b.GetSpacing(), a.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(b.GetOrigin(), a.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(b.GetDirection(), a.GetDirection(), atol=1e-5)
+    assert source.read_bytes() == before
+
+
+def test_nifti_input_errors_exit_2(tmp_path, capsys):
+    nib = pytest.importorskip("nibabel")
+    model_path = str(tmp_path / "m.keras")
+    _model().save(model_path)
+
+    def run(path):
+        return main(["predict", "--model", model_path, "--input", str(path),
+                     "--out", str(tmp_path / "o")])
+
+    nib.save(nib.Nifti1Image(np.zeros(ODD + (2,), np.int16), np.eye(4)), tmp_path / "4d.nii.gz")
+    assert run(tmp_path / "4d.nii.gz") == 2
+    assert (f"--input {tmp_path / '4d.nii.gz'}: wrong shape. Expected one label volume (D, H, W). "
+            "Received: shape (17, 21, 13, 2)") in capsys.readouterr().err
+    nib.save(nib.Nifti1Image(np.full(ODD, 20, np.int16), np.eye(4)), tmp_path / "big.nii")
+    assert run(tmp_path / "big.nii") == 2
+    assert f"--input {tmp_path / 'big.nii'}: label out of range" in capsys.readouterr().err
+    (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
+    assert run(tmp_path / "bad.nii.gz") == 2
+    assert f"--input {tmp_path / 'bad.nii.gz'}: unreadable as NIfTI (" in capsys.readouterr().err
+    (tmp_path / "bad.nrrd").write_bytes(b"NRRD0004\ntype: short\n")
+    assert run(tmp_path / "bad.nrrd") == 2
+    assert f"--input {tmp_path / 'bad.nrrd'}: unreadable as NRRD (" in capsys.readouterr().err
+    (tmp_path / "x.mha").write_bytes(b"")
+    assert run(tmp_path / "x.mha") == 2
+    assert (f"--input {tmp_path / 'x.mha'}: unknown format. Expected a .npy, .nii, .nii.gz or "
+            ".nrrd file") in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_missing_nibabel_names_the_extra(tmp_path, monkeypatch, capsys):
+    """Without nibabel a NIfTI input is an error line naming the extra (a
+    .npy input needs none of it)."""
+    import sys
+
+    from cmseg import _deps
+
+    model_path = str(tmp_path / "m.keras")
+    _model().save(model_path)
+    (tmp_path / "x.nii.gz").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # import of nibabel now fails
+    assert _deps.main(["predict", "--model", model_path, "--input", str(tmp_path / "x.nii.gz"),
+                       "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "No module named 'nibabel'" in err and 'pip install "keras-seglosses[' in err
+    assert "Traceback" not in err
