@@ -69,6 +69,10 @@ REGION = [
     ("RegionWise (RRW, packed map)", "ks.RegionWise()"),
     ("RegionSpecificDice", "ks.RegionSpecificDice()"),
     ("AdaptiveRegionSpecificTversky", "ks.AdaptiveRegionSpecificTversky()"),
+    # an ignore mask (slot after the labels, or after M) costs a few products
+    ("Dice (ignore mask)", "ks.Dice(mask_index=0)"),
+    ("CrossEntropy (ignore mask)", "ks.CrossEntropy(mask_index=0)"),
+    ("RewardPenaltyDice (RPDL, ignore mask)", "ks.RewardPenaltyDice(mask_index=1)"),
 ]
 DISTANCE = [
     ("DistancePenalizedCrossEntropy", "ks.DistancePenalizedCrossEntropy()"),
@@ -78,6 +82,7 @@ DISTANCE = [
     ("DiceBoundary", "ks.DiceBoundary(alpha=0.5)"),
     ("DiceHD", "ks.DiceHD()"),
     ("RegionWise (RRW computed)", "ks.RegionWise()"),
+    ("HausdorffDT (ignore mask)", "ks.HausdorffDT(mask_index=0)"),
 ]
 # which packed map each row reads (None: labels only)
 PACKED = {
@@ -85,6 +90,10 @@ PACKED = {
     "Boundary (packed map)": "sdf",
     "HausdorffDT (packed d_G; d_S still computed)": "dist",
     "RegionWise (RRW, packed map)": "rrw",
+    "Dice (ignore mask)": "mask",
+    "CrossEntropy (ignore mask)": "mask",
+    "RewardPenaltyDice (RPDL, ignore mask)": "rp+mask",
+    "HausdorffDT (ignore mask)": "mask",
 }
 
 
@@ -134,12 +143,17 @@ def worker(batch, size, repeats, only=""):
     # one sigmoid channel: the RRW map has two (background, foreground),
     # packed as two one-channel slots
     z = keras.ops.convert_to_numpy(ks.rrw_map(y))
+    ignored = np.ones_like(y)
+    ignored[:, : size // 4] = 0.0
     targets = {
         None: y,
         "rp": ks.pack_targets(y, m),
         "sdf": ks.pack_targets(y, sdf),
         "dist": ks.pack_targets(y, np.abs(sdf)),
         "rrw": ks.pack_targets(y, z[..., :1], z[..., 1:]),
+        # the first quarter of every volume is not annotated
+        "mask": ks.pack_targets(y, ignored),
+        "rp+mask": ks.pack_targets(y, m, ignored),
     }
 
     def step_fn(loss):
