@@ -17,7 +17,7 @@ from keras_seglosses._core import (
 )
 from keras_seglosses.targets import MapRead
 
-__all__ = ["binarize", "masked_binarize", "counted", "ratio_or_one", "SegMetric", "EMPTY_MODES",
+__all__ = ["binarize", "masked_binarize", "ratio_or_one", "SegMetric", "EMPTY_MODES",
            "check_empty", "undefined"]
 
 #: The `empty` argument of every metric: `"score"` scores cases with an
@@ -56,7 +56,7 @@ def binarize(y_true, y_pred, threshold=0.5, name="metric", mask_index=None):
         threshold: float, the binarization threshold. Defaults to `0.5`.
         name: str, the metric named in shape errors. Defaults to `"metric"`.
         mask_index: int >= 0, the packed slot of an ignore mask (see
-            `counted`), or `None`. Defaults to `None`.
+            `keras_seglosses._core.ignore_mask`), or `None`. Defaults to `None`.
 
     Returns:
         Tuple `(y_true, labels, P')` of float32 tensors: the whole packed
@@ -72,26 +72,12 @@ def binarize(y_true, y_pred, threshold=0.5, name="metric", mask_index=None):
 
 def masked_binarize(y_true, y_pred, threshold, name, mask_index):
     """`binarize` without applying the mask: `(y_true, labels, P', mask)`,
-    `mask` the `counted` voxels `(batch, *spatial, C)` or `None`. For the
+    `mask` the counted voxels (`ignore_mask`, 0/1) `(batch, *spatial, C)` or `None`. For the
     metrics whose counts the masked labels alone do not restrict (true
     negatives)."""
     y_true, labels, y_pred = split_targets(y_true, y_pred, name)
     pred = ops.cast(ops.cast(y_pred, "float32") > threshold, "float32")
-    return y_true, labels, pred, counted(y_true, pred.shape[-1], mask_index, name)
-
-
-def counted(y_true, n_classes, mask_index, name):
-    """The ignore mask packed at slot `mask_index` as 0/1 float32
-    `(batch, *spatial, C)` (1 where a voxel counts), or `None` without one.
-
-    Metrics count voxels, so the mask is binarized: a voxel counts where its
-    mask is > 0.5. Packed masks are 0/1 and unchanged; an interpolated one
-    (resampled with the image) rounds to the nearest, as the labels would.
-    """
-    mask = ignore_mask(y_true, n_classes, mask_index, name)
-    if mask is None:
-        return None
-    return ops.cast(mask > 0.5, "float32")
+    return y_true, labels, pred, ignore_mask(y_true, pred.shape[-1], mask_index, name)
 
 
 def ratio_or_one(numerator, denominator):
