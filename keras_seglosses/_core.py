@@ -51,8 +51,6 @@ class SegLoss(keras.losses.Loss):
 
     map_kind = None
     label_kind = "labels"
-    #: False for a loss that cannot take an ignore mask (`mask_index`).
-    maskable = True
 
     def __init__(self, fn, *, reduction, name, dtype, **hyperparameters):
         if "mask_index" in hyperparameters:
@@ -200,7 +198,7 @@ def ignore_mask(y_true, n_classes, mask_index, name):
     """
     if mask_index is None:
         return None
-    packed = require_map(y_true, n_classes, mask_index, name, "ignore mask")
+    packed = require_map(y_true, n_classes, mask_index, name, "ignore mask", "mask_index")
     # binary, as the metrics' surfaces need: a soft weight would enter twice
     # where a masked input meets a masked mean
     return ops.stop_gradient(ops.cast(packed > 0.5, "float32"))

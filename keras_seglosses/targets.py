@@ -314,13 +314,13 @@ def unpack_targets(y_true, n_classes):
     return labels, maps
 
 
-def _check_map(y_true, n_classes, index, loss_name, map_name):
+def _check_map(y_true, n_classes, index, loss_name, map_name, argument="map_index"):
     shape = _channels(y_true)
     n_maps = n_packed_maps(shape, n_classes)
     if n_maps <= index:
         raise ValueError(
             f"`{loss_name}` reads the {map_name} at packed map slot {index} "
-            f"(`map_index`): expected at least {(index + 2) * n_classes} "
+            f"(`{argument}`): expected at least {(index + 2) * n_classes} "
             f"channels in `y_true` ({n_classes} label channel(s), "
             f"then {n_classes} per map slot), received y_true.shape={tuple(shape)}. "
             "Build the target with `keras_seglosses.pack_targets(labels, *maps)` "
@@ -329,10 +329,10 @@ def _check_map(y_true, n_classes, index, loss_name, map_name):
     return (index + 1) * n_classes
 
 
-def require_map(y_true, n_classes, index, loss_name, map_name):
+def require_map(y_true, n_classes, index, loss_name, map_name, argument="map_index"):
     """Return packed map number `index`, or raise a `ValueError` explaining how
     to pack it."""
-    start = _check_map(y_true, n_classes, index, loss_name, map_name)
+    start = _check_map(y_true, n_classes, index, loss_name, map_name, argument)
     return y_true[..., start : start + n_classes]
 
 

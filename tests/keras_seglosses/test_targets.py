@@ -337,5 +337,5 @@ def test_mask_index_must_differ_from_the_map_slot():
 
 def test_missing_mask_slot_names_the_helper(rng):
     y, p, _, _ = _masked_case(rng)
-    with pytest.raises(ValueError, match="ignore mask.*pack_targets"):
+    with pytest.raises(ValueError, match="ignore mask.*`mask_index`.*pack_targets"):
         ks.Dice(mask_index=0)(y, p)
