@@ -3,8 +3,9 @@
 The loss table is built from the classes `keras_seglosses.losses` exports, so
 a loss added to the library is trainable from `cmseg train` without touching
 this file; the targets a loss needs come from what it declares it reads
-(`label_kind`, `map_reads`), not from a table here. Every class is reachable by its snake_case name (`RewardPenaltyDice`
--> `reward_penalty_dice`); the paper's short names are aliases [000, Sec. V]:
+(`label_kind`, `map_reads`), not from a table here. Every class is reachable
+by its snake_case name (`RewardPenaltyDice` -> `reward_penalty_dice`); the
+paper's short names are aliases [000, Sec. V]:
 `wcel` (weighted cross entropy, Eq. 1), `dl` (Dice loss, Eq. 2) and `rpdl`
 (reward-penalty Dice loss, Eq. 3).
 """
@@ -21,6 +22,7 @@ __all__ = [
     "MODELS",
     "EXPERIMENTS",
     "EXPERIMENT_NUMBERS",
+    "FOLDER_EXPERIMENTS",
     "PAPER_LOSSES",
     "loss_names",
     "loss_class",
@@ -36,6 +38,8 @@ MODELS = ("unet", "vnet", "isensee2017", "myronenko2018")
 
 #: Experiment 1 leaves one bone out, Experiment 2 one surgeon [000, Sec. V].
 EXPERIMENTS = ("bone", "surgeon")
+#: The experiments of a folder of cases (`cm_dataset.splits.folder_split`).
+FOLDER_EXPERIMENTS = ("case", "rater")
 #: The experiment numbers `cm_dataset` uses.
 EXPERIMENT_NUMBERS = {"bone": 1, "surgeon": 2}
 
@@ -97,8 +101,21 @@ def loss_targets(loss):
     slot 0) or `"plain"` (labels only: the loss reads no packed map).
 
     Raises:
-        ValueError: for a loss that reads maps the pipeline cannot pack.
+        ValueError: for a loss that reads maps the pipeline cannot pack (an
+            ignore mask among them: the pipeline makes none).
     """
+    masks = sorted({read.index for read in map_reads(loss) if read.kind == "mask"})
+    if masks:
+        # before the layout: a mask after an empty slot would be reported as
+        # a gap, and no `map_index` change can help where no mask exists
+        received = ", ".join(f"mask_index={slot}" for slot in masks)
+        raise ValueError(
+            f"Invalid value for argument `loss_config` of loss {type(loss).__name__}: "
+            "it reads an ignore mask, and the CM pipeline packs no ignore mask: it packs "
+            "only the reward-penalty map (\"rpmap\") at slot 0. Drop `mask_index` from "
+            "`--loss-config` (and from each member's config, for a compound). "
+            f"Received: {received}"
+        )
     if getattr(loss, "label_kind", "labels") == "legacy":
         if map_reads(loss):
             raise ValueError(

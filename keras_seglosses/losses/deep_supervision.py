@@ -13,7 +13,9 @@ An ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`) is
 reduced so that a coarse voxel counts only where all its fine voxels count
 (min-pooling), and labels and maps are zeroed at ignored voxels before they
 are pooled: ignored fine voxels change no coarse target. (MONAI's
-`DeepSupervisionLoss` takes no mask.)
+`DeepSupervisionLoss` takes no mask.) The zeroed target is right only for a
+loss that reads the mask: a `Compound` whose members read it in part is
+refused, as the unmasked members would count the zeroed labels.
 
 Keras 3 applies one loss per output in `compile`, so there are two ways in:
 
@@ -31,6 +33,7 @@ import keras
 from keras import ops
 
 from keras_seglosses._core import apply_mask, check_mask_slot, register
+from keras_seglosses.losses.compound import Compound
 from keras_seglosses.targets import map_reads, require_map
 
 __all__ = ["supervision_weights", "downsample_targets", "DownsampledTarget", "DeepSupervision",
@@ -79,6 +82,12 @@ def downsample_targets(y_true, spatial, n_classes, mask_index=None):
     ignored), the mask is min-pooled (a coarse voxel counts only if all its
     fine voxels do) and the labels and the other maps are zeroed at ignored
     voxels before pooling, so that the values there reach no coarse voxel.
+    Every channel is zeroed, so the result suits only losses that read the
+    mask; a loss that counts every voxel needs the target pooled without
+    `mask_index`. `DeepSupervision` and `DownsampledTarget` therefore refuse
+    a `Compound` of masked and unmasked members (pooling once per member
+    would repeat `Compound`'s weighted sum here, for a mix that is almost
+    always a member missing its `mask_index`).
 
     Returns:
         float32 tensor `(batch, *spatial, K)`.
@@ -141,7 +150,9 @@ def _config_of(loss):
 
 
 def _loss_from(config):
-    return config if isinstance(config, keras.losses.Loss) else keras.saving.deserialize_keras_object(config)
+    if isinstance(config, keras.losses.Loss):
+        return config
+    return keras.saving.deserialize_keras_object(config)
 
 
 def _with_mask(loss, mask_index):
@@ -151,6 +162,17 @@ def _with_mask(loss, mask_index):
     mask_index = check_mask_slot(mask_index)
     if mask_index is None:
         return loss
+    # what the loss reads, not its config: a `Compound` reads its members'
+    # masks and has no `mask_index` of its own (its `get_config` writes the
+    # members, the wrapper's config the slot they read)
+    own = _mask_slot(loss)
+    if own is not None:
+        if own != mask_index:
+            raise ValueError(
+                "Invalid value for argument `mask_index`. Expected `None` or the wrapped "
+                f"loss's own `mask_index={own}`. Received: mask_index={mask_index}"
+            )
+        return loss
     config = loss.get_config()
     if "mask_index" not in config:
         raise ValueError(
@@ -158,15 +180,19 @@ def _with_mask(loss, mask_index):
             f"without an ignore mask (`{type(loss).__name__}` takes no `mask_index`; "
             f"give it to its members). Received: mask_index={mask_index}"
         )
-    if config["mask_index"] is None:
-        return type(loss).from_config({**config, "mask_index": mask_index})
-    if config["mask_index"] != mask_index:
-        raise ValueError(
-            "Invalid value for argument `mask_index`. Expected `None` or the wrapped "
-            f"loss's own `mask_index={config['mask_index']}`. Received: "
-            f"mask_index={mask_index}"
-        )
-    return loss
+    return type(loss).from_config({**config, "mask_index": mask_index})
+
+
+def _leaves(loss):
+    """The losses that compute: `loss`, or the members of a `Compound`, in
+    nested compounds too."""
+    if isinstance(loss, Compound):
+        return [leaf for member, _ in loss.members for leaf in _leaves(member)]
+    return [loss]
+
+
+def _describe(loss):
+    return f"{type(loss).__name__}(name={loss.name!r})"
 
 
 def _mask_slot(loss):
@@ -180,7 +206,23 @@ def _mask_slot(loss):
             "ignore mask slot, shared by all its members. Received: a loss reading "
             f"ignore masks at slots {slots}"
         )
-    return slots[0] if slots else None
+    if not slots:
+        return None
+    masked, unmasked = [], []
+    for leaf in _leaves(loss):
+        reads_mask = any(read.kind == "mask" for read in map_reads(leaf))
+        (masked if reads_mask else unmasked).append(_describe(leaf))
+    if unmasked:
+        # the same reason: the unmasked members would see zeroed labels
+        raise ValueError(
+            "Invalid value for argument `loss`. Expected every member of a compound to "
+            f"read the ignore mask at packed map slot {slots[0]}, or none of them: the "
+            "target is zeroed at ignored voxels before it is pooled, which would change "
+            "the labels of a member that counts them. Received: members reading the mask "
+            f"{', '.join(masked)}; members not reading it {', '.join(unmasked)}. Give "
+            f"every member `mask_index={slots[0]}` (or none of them a `mask_index`)."
+        )
+    return slots[0]
 
 
 @register
@@ -194,9 +236,11 @@ class DownsampledTarget(_Wrapper):
             included).
         mask_index: `None` or int >= 0, the packed slot of an ignore mask (1
             counts, 0 ignored), given to `loss` (a copy of it, as
-            `loss.mask_index`); `None` keeps the mask `loss` reads, if any.
-            The mask is min-pooled with the target (see
-            `downsample_targets`), so ignored voxels change neither value nor
+            `loss.mask_index`); `None` or the slot `loss` reads keeps the
+            mask `loss` reads, if any. A `Compound` takes no `mask_index`:
+            give it to its members, all of them or none (a mix raises a
+            `ValueError`, see `downsample_targets`). The mask is min-pooled
+            with the target, so ignored voxels change neither value nor
             gradient at any resolution. Defaults to `None`.
         reduction, name, dtype: as `keras.losses.Loss`.
 

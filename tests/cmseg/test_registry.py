@@ -125,3 +125,21 @@ def test_compound_from_json_config(batches):
     want = keras_seglosses.Dice()(y, pred) + 0.5 * keras_seglosses.CrossEntropy()(y, pred)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loss(y, pred)),
                                keras.ops.convert_to_numpy(want), rtol=1e-5)
+
+
+def test_an_ignore_mask_is_refused_as_not_packed_by_the_pipeline():
+    """`--loss-config '{"mask_index": ...}'`: the CM pipeline packs no ignore
+    mask, so the message says so (not "compute the map")."""
+    masked_member = [[keras.saving.serialize_keras_object(keras_seglosses.Dice(mask_index=1)),
+                      1.0]]
+    cases = (("dl", {"mask_index": 0}, 0), ("dl", {"mask_index": 1}, 1),
+             ("rpdl", {"mask_index": 1}, 1), ("dice_ce", {"mask_index": 0}, 0),
+             ("compound", {"losses": masked_member}, 1))
+    for name, config, slot in cases:
+        with pytest.raises(ValueError) as info:
+            registry.loss_targets(registry.make_loss(name, config))
+        message = str(info.value)
+        assert "`loss_config`" in message and f"mask_index={slot}" in message, message
+        assert "packs only the reward-penalty map (\"rpmap\") at slot 0" in message, message
+        assert "packs no ignore mask" in message and "Drop `mask_index`" in message, message
+        assert "map_index" not in message, message

@@ -219,3 +219,94 @@ def test_mask_index_goes_to_a_copy_of_the_wrapped_loss():
         ):
             with pytest.raises(ValueError, match=match):
                 make()
+
+
+# ------------------------------------------- a Compound of masked members
+def np_ce_counted(y, p, m):
+    """Binary cross entropy per sample, the mean over the counted voxels."""
+    axes = tuple(range(1, y.ndim))
+    ce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return (m * ce).sum(axes) / m.sum(axes)
+
+
+def _masked_compound():
+    return ks.Compound([(ks.Dice(batch=False, smooth=0.5, mask_index=1), 1.0),
+                        (ks.CrossEntropy(mask_index=1), 0.5)])
+
+
+def np_masked_compound(target, p, factor):
+    """`_masked_compound` on `target` (labels, rpmap, mask) reduced by
+    `factor`, in numpy."""
+    down = np_down_masked(target, (factor,) * 3, 1, 1)
+    y, m = down[..., :1], down[..., 2:]
+    return np_dice_counted(y, p, m, 0.5) + 0.5 * np_ce_counted(y, p, m)
+
+
+def test_wrapped_compound_of_masked_members_survives_serialization(rng):
+    y, m, mask = _masked_case(rng)
+    target = np.asarray(ks.pack_targets(y, m, mask))
+    outputs = [rng.uniform(0.05, 0.95, (2, 8 // f, 8 // f, 8 // f, 1)).astype("f4")
+               for f in (1, 2)]
+    expected = np_masked_compound(target, outputs[0], 1) + 0.5 * np_masked_compound(
+        target, outputs[1], 2)
+    for loss, args in ((ks.DeepSupervision(_masked_compound()), (target, outputs)),
+                       (ks.DownsampledTarget(_masked_compound()), (target, outputs[1]))):
+        assert loss.mask_index == 1
+        want = expected if isinstance(loss, ks.DeepSupervision) else np_masked_compound(
+            target, outputs[1], 2)
+        again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+        assert type(again) is type(loss) and again.get_config() == loss.get_config()
+        for reader in (loss, again):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(reader.call(*args)), want,
+                                       rtol=1e-5)
+
+
+@pytest.mark.backends
+def test_model_compiled_with_a_masked_compound_saves_and_loads(rng, tmp_path):
+    y, m, mask = _masked_case(rng)
+    target = np.asarray(ks.pack_targets(y, m, mask))
+    x = rng.random(y.shape).astype("f4")
+    inputs = keras.Input((8, 8, 8, 1))
+    fine = keras.layers.Conv3D(1, 1, activation="sigmoid", name="fine")(inputs)
+    coarse = keras.layers.AveragePooling3D(2, name="coarse")(fine)
+    deep = ks.DeepSupervision(_masked_compound())
+    cases = ((keras.Model(inputs, fine), {"loss": deep}, 1),
+             (keras.Model(inputs, [fine, coarse]), deep.compile_arguments(2), 2))
+    for i, (model, compile_arguments, n_outputs) in enumerate(cases):
+        model.compile(optimizer="sgd", **compile_arguments)
+        preds = model.predict(x, verbose=0, batch_size=2)
+        preds = preds if n_outputs > 1 else [preds]
+        want = sum(0.5**level * np_masked_compound(target, p, 2**level).mean()
+                   for level, p in enumerate(preds))
+        path = str(tmp_path / f"model{i}.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        saved_losses = model.loss if n_outputs > 1 else [model.loss]
+        loaded_losses = loaded.loss if n_outputs > 1 else [loaded.loss]
+        assert [type(l) for l in loaded_losses] == [type(l) for l in saved_losses]
+        assert ([l.get_config() for l in loaded_losses]
+                == [l.get_config() for l in saved_losses])
+        for reader in (model, loaded):
+            value = reader.evaluate(x, [target] * n_outputs, verbose=0, batch_size=2)
+            value = value[0] if isinstance(value, list) else value
+            assert value == pytest.approx(float(want), rel=1e-5)
+
+
+def test_compound_of_masked_and_unmasked_members_is_refused():
+    """The target is zeroed at ignored voxels before pooling, which would
+    change the labels an unmasked member counts: the mix is refused."""
+    mixed = ks.Compound([(ks.Dice(mask_index=1), 1.0), (ks.CrossEntropy(), 1.0)])
+    nested = ks.Compound([(ks.DiceCE(mask_index=1), 1.0), (ks.Focal(), 1.0)])
+    match = (r"`loss`.*ignore mask.*slot 1.*Dice\(name='dice'\).*"
+             r"CrossEntropy\(name='cross_entropy'\).*`mask_index=1`")
+    for cls in (ks.DeepSupervision, ks.DownsampledTarget):
+        with pytest.raises(ValueError, match=match):
+            cls(mixed)
+        with pytest.raises(ValueError, match=match):
+            cls(mixed, mask_index=1)
+        with pytest.raises(ValueError, match=r"Focal\(name='focal'\).*`mask_index=1`"):
+            cls(nested)
+        # every member masked, or none: accepted
+        assert cls(ks.Compound([(ks.Dice(mask_index=1), 1.0),
+                                (ks.CrossEntropy(mask_index=1), 1.0)])).mask_index == 1
+        assert cls(ks.Compound([(ks.Dice(), 1.0), (ks.CrossEntropy(), 1.0)])).mask_index is None
