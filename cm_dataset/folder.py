@@ -3,13 +3,23 @@
 Layout (SPEC.md Sec. 11), one sub-folder per case:
 
     DIR/<case>/image.nii.gz                (or channels: image_0000.nii.gz, image_0001.nii.gz, ...)
-    DIR/<case>/annotation-<rater>.nii.gz   (binary, one file per rater; rater ids shared across cases)
+    DIR/<case>/annotation-<rater>.nii.gz   (binary, one per rater; rater ids shared across cases)
 
 Every file may be `.nii`, `.nii.gz` (read with nibabel), `.nrrd` (pynrrd) or
 `.npy` (NumPy; it carries no geometry, so its spacing comes from the
 `spacing=` argument, default 1 mm). Cases may differ in size, spacing and
-number of raters. Other files in a case folder are ignored, as are folders
-and files whose name starts with a dot.
+number of raters.
+
+**Other files.** Names starting with a dot are ignored, and so is every
+file whose stem is not `image`, `image_NNNN` or `annotation-<rater>`. A
+file with one of those stems counts only when its ending is that of a
+volume: a supported one, or another volume format (`.mha`, `.mhd`, `.nhdr`,
+`.raw`, `.dcm`, `.img`/`.hdr`, `.mgz`, `.tif`, `.h5`, `.npz`, ...; the
+supported formats compressed otherwise, such as `.nii.bz2` or `.npy.gz`),
+which is reported as an unsupported format rather than skipped, so that no
+image or rater goes missing unnoticed. Any other ending, such as the
+BIDS-style sidecars `image.json` and `annotation-r1.json`, is metadata
+beside a volume and is ignored.
 
 **Axes and geometry.** Arrays keep the files' voxel index order `(i, j, k)`
 (nibabel's and pynrrd's; SimpleITK's `GetArrayFromImage` gives `(k, j, i)`)
@@ -19,14 +29,19 @@ convention): for NIfTI it is nibabel's (the sform when set, else the qform);
 for NRRD it is built from `space directions` and `space origin`, flipped
 from LPS or LAS to RAS when `space` says so (other spaces are taken as they
 are); for `.npy` it is `diag(spacing)` at the origin. `spacing` is the length
-of each column of the affine.
+of each column of the affine. An NRRD file's spatial axes are those whose
+`kinds` are `domain` or `space` (when three are), else those with a `space
+direction`, else its first three; the one other axis (`vector`, `list`,
+`RGB-color`, ..., often the first) holds the channels and is moved last.
 
 **Validation before anything is returned.** `load_folder` reads every file
 and collects every problem of the folder, one line per file, into a single
-`DataError`: unreadable or unsupported files, not a 3D volume, non-finite
-image values, an annotation that is not binary (values 0 and 1 only), a
-case without an image or without an annotation, channels or annotations
-whose shape or affine differ from the case's image, no case at all. Affines
+`DataError`: unreadable or unsupported files, not a 3D volume, an empty
+volume (a size of 0), a non-finite or singular affine (NaN, a zero-length
+or degenerate axis), non-finite image values, an annotation that is not
+binary (values 0 and 1 only), a case without an image or without an
+annotation, channels or annotations whose shape or affine differ from the
+case's image, no case at all. Affines
 agree when every entry of their 3 x 4 part differs by at most
 `AFFINE_TOLERANCE` (1e-3) times the larger voxel spacing of the two: a
 thousandth of a voxel in position and direction, far above the float32
@@ -67,6 +82,9 @@ __all__ = [
 
 #: Affines agree within this fraction of the larger voxel spacing (per entry).
 AFFINE_TOLERANCE = 1e-3
+# An affine whose |det| / (product of its spacings) is at most this maps the
+# volume onto (nearly) a plane: float round-off, not a real grid.
+_SINGULAR = 1e-6
 #: File name endings read, longest first (".nii.gz" before ".gz"-less ".nii").
 EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".npy")
 _FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".npy": "npy"}
@@ -76,12 +94,23 @@ _EXPECTED_FILES = (
     "DIR/<case>/annotation-<rater>.nii.gz, each .nii, .nii.gz, .nrrd or .npy"
 )
 _CHANNEL = re.compile(r"^image_(\d{4})$")
+# Volume formats not read here (and the read ones compressed another way): a
+# case file named like ours in one of them is reported, so that a converted
+# data set does not silently lose an image or a rater. Other endings (.json,
+# .txt, ...) are metadata beside a volume and are ignored.
+_OTHER_VOLUMES = ("nii", "nrrd", "npy", "nhdr", "mha", "mhd", "raw", "dcm", "dicom", "ima",
+                  "img", "hdr", "mgh", "mgz", "gipl", "vtk", "vti", "npz", "h5", "hdf5", "zarr",
+                  "tif", "tiff")
+_VOLUME_LIKE = re.compile(r"\.(?:" + "|".join(_OTHER_VOLUMES) + r")(?:\.(?:gz|bz2|xz|zst|lzma))?$")
 # NRRD world spaces whose axes are flipped against RAS, and how.
 _NRRD_TO_RAS = {
     "right-anterior-superior": (1, 1, 1), "ras": (1, 1, 1),
     "left-anterior-superior": (-1, 1, 1), "las": (-1, 1, 1),
     "left-posterior-superior": (-1, -1, 1), "lps": (-1, -1, 1),
 }
+# NRRD `kinds` of spatial axes; any other kind ("vector", "list", "RGB-color",
+# "time", ...) is the channel axis, wherever the writer put it.
+_NRRD_SPATIAL_KINDS = ("domain", "space")
 # Per-axis NRRD fields: they must follow the axes kept when writing a 3D volume.
 _NRRD_PER_AXIS = ("space directions", "kinds", "spacings", "thicknesses", "axis mins",
                   "axis maxs", "centerings", "labels", "units")
@@ -151,22 +180,36 @@ def _spacing_of(affine):
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+def _nrrd_spatial_axes(header, ndim, directions):
+    """Indices of an NRRD file's spatial axes, in file order."""
+    kinds = header.get("kinds")
+    if kinds is not None and len(kinds) == ndim:
+        by_kind = [a for a in range(ndim) if str(kinds[a]).lower() in _NRRD_SPATIAL_KINDS]
+        if len(by_kind) == 3:
+            return by_kind
+    if directions is not None:
+        return [a for a in range(ndim) if np.all(np.isfinite(directions[a]))]
+    return list(range(min(ndim, 3)))
+
+
 def _nrrd_affine(header):
     """RAS affine of an NRRD header and the indices of its spatial axes."""
     ndim = int(header.get("dimension", len(header.get("sizes", ()))))
     directions = header.get("space directions")
     if directions is not None:
         directions = np.asarray(directions, dtype=float)
-        spatial = [a for a in range(ndim) if np.all(np.isfinite(directions[a]))]
+    spatial = _nrrd_spatial_axes(header, ndim, directions)
+    if directions is not None:
+        # A NaN left in a spatial axis's direction is reported by _affine_problem.
         linear = directions[spatial].T if len(spatial) == 3 else np.eye(3)
     else:
-        # No world space: the first three axes, at their `spacings` (or 1 mm).
-        spatial = list(range(min(ndim, 3)))
-        spacings = np.asarray(header.get("spacings", [1.0] * ndim), dtype=float)[:3]
+        # No world space: the spatial axes at their `spacings` (or 1 mm).
+        spacings = np.asarray(header.get("spacings", [1.0] * ndim), dtype=float)
+        spacings = spacings[spatial] if len(spacings) == ndim else np.ones(len(spatial))
         spacings = np.where(np.isfinite(spacings), spacings, 1.0)
         linear = np.diag(spacings) if len(spacings) == 3 else np.eye(3)
     origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
-    if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+    if origin.shape != (3,):
         origin = np.zeros(3)
     affine = np.eye(4)
     affine[:3, :3] = linear
@@ -211,6 +254,25 @@ def _spatial_layout(path, shape, annotation, spatial=None):
     return tuple(spatial), (others[0] if others else None)
 
 
+def _affine_problem(path, affine):
+    """A line if `affine` cannot place voxels in the world, else None. (Its
+    comparisons with other affines would pass NaN, which compares False.)"""
+    linear = np.asarray(affine, dtype=float)[:3]
+    expected = ("Expected a finite, invertible voxel-to-world matrix (a positive spacing along "
+                "each axis, no two axes parallel).")
+    rows = "; ".join(_fmt(row) for row in linear)
+    if not np.all(np.isfinite(linear)):
+        return f"{path}: non-finite affine (rows {rows}). {expected}"
+    spacing = _spacing_of(affine)
+    # |det| over the product of the column lengths: 1 for orthogonal axes,
+    # 0 for a flat or degenerate grid, whatever the voxel size.
+    volume = abs(float(np.linalg.det(linear[:, :3])))
+    if min(spacing) <= 0 or volume <= _SINGULAR * float(np.prod(spacing)):
+        return (f"{path}: singular affine (spacing {_fmt(spacing)} mm, determinant "
+                f"{volume:.3g}; rows {rows}). {expected}")
+    return None
+
+
 def _probe(path, spacing=(1.0, 1.0, 1.0), annotation=False):
     """Read a file's header (no voxels). Raises DataError naming the file."""
     path = os.fspath(path)
@@ -225,7 +287,8 @@ def _probe(path, spacing=(1.0, 1.0, 1.0), annotation=False):
         if fmt == "nifti":
             nib = _need("nibabel", "reading NIfTI files")
             image = nib.load(path)
-            shape, affine, header, proxy = image.shape, np.asarray(image.affine, float), image.header, image
+            shape, header, proxy = image.shape, image.header, image
+            affine = np.asarray(image.affine, float)
         elif fmt == "nrrd":
             nrrd = _need("nrrd", "reading NRRD files")
             header = nrrd.read_header(path)
@@ -240,8 +303,15 @@ def _probe(path, spacing=(1.0, 1.0, 1.0), annotation=False):
     except ImportError:
         raise
     except Exception as e:  # noqa: BLE001 - every reader failure is reported alike
-        raise DataError([f"{path}: unreadable as {_NAMES[fmt]} ({type(e).__name__}: {e})."]) from None
+        raise DataError([f"{path}: unreadable as {_NAMES[fmt]} ({type(e).__name__}: {e})."]
+                        ) from None
+    if 0 in tuple(int(s) for s in shape):
+        raise DataError([f"{path}: empty volume: shape {tuple(int(s) for s in shape)}. Expected "
+                         "at least one voxel along each axis."])
     spatial, channel_axis = _spatial_layout(path, shape, annotation, spatial)
+    problem = _affine_problem(path, affine)
+    if problem:
+        raise DataError([problem])
     return _Probe(
         path=path, format=fmt, shape=tuple(int(shape[a]) for a in spatial),
         channels=1 if channel_axis is None else int(shape[channel_axis]),
@@ -270,7 +340,8 @@ def _read_voxels(probe):
     if array.dtype.kind not in "biuf":
         raise DataError([f"{probe.path}: unsupported voxel type {array.dtype}. Expected "
                          "integer, boolean or floating-point voxels."])
-    keep = list(probe.spatial_axes) + ([probe.channel_axis] if probe.channel_axis is not None else [])
+    channel = [] if probe.channel_axis is None else [probe.channel_axis]
+    keep = list(probe.spatial_axes) + channel
     if keep != list(range(array.ndim)):
         # Channels last; the axes left out are singletons (see _spatial_layout).
         dropped = [a for a in range(array.ndim) if a not in keep]
@@ -442,7 +513,7 @@ def _scan_case(case_dir):
         fmt, ext = _format_of(entry)
         stem = entry[: -len(ext)] if ext else entry.partition(".")[0]
         is_ours = stem == "image" or _CHANNEL.match(stem) or stem.startswith("annotation-")
-        if not is_ours:
+        if not is_ours or (fmt is None and not _VOLUME_LIKE.search(entry.lower())):
             continue
         if fmt is None:
             problems.append(f"{path}: unsupported format. Expected a file ending in "
@@ -709,8 +780,12 @@ def write_volume(path, array, like):
 
     Args:
         path: output file (`.nii`, `.nii.gz`, `.nrrd` or `.npy`).
-        array: `(X, Y, Z)`, the reference's spatial shape. bool is written
-            as uint8.
+        array: `(X, Y, Z)`, the reference's spatial shape: integer, bool or
+            floating-point voxels, written with their values unchanged in
+            the nearest type the format stores: bool as uint8; in NIfTI,
+            int64 and uint64 as int32 and uint32 where the values fit; in
+            NIfTI and NRRD, float16 as float32 and wider floats as float64
+            (a ValueError if that changes a value).
         like: a `Case` (its image file), the `meta` of `read_volume`, or the
             path of a reference file.
 
@@ -724,11 +799,10 @@ def write_volume(path, array, like):
                          f"{', '.join(EXTENSIONS)}.")
     reference = _reference(like)
     array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
     if array.shape != reference.shape:
         raise ValueError(f"{path}: array of shape {array.shape} does not fit the reference "
                          f"{reference.path}, {reference.shape}. Expected its spatial shape.")
+    array = _storable(path, fmt, array)
     with _atomic(path) as tmp:
         if fmt == "npy":
             np.save(tmp, array, allow_pickle=False)
@@ -737,6 +811,39 @@ def write_volume(path, array, like):
         else:
             _write_nrrd(tmp, array, reference)
     return path
+
+
+def _storable(path, fmt, array):
+    """`array` in a voxel type that `fmt` stores, with the same values;
+    ValueError naming `path` where no such type holds them."""
+    dtype = array.dtype
+    if dtype == bool:
+        return array.astype(np.uint8)
+    if dtype.kind not in "iuf":
+        # read_volume could not read such voxels back.
+        raise ValueError(f"{path}: cannot write voxels of type {dtype}. Expected integer, "
+                         "boolean or floating-point voxels.")
+    if fmt == "npy":
+        return array
+    if dtype.kind in "iu":
+        if fmt == "nifti" and dtype.itemsize == 8 and array.size:
+            # nibabel refuses 64-bit integers unasked, as many NIfTI readers
+            # cannot read them; 32 bits hold any label or count met in practice.
+            narrow = np.dtype(np.int32 if dtype.kind == "i" else np.uint32)
+            limits = np.iinfo(narrow)
+            if limits.min <= array.min() and array.max() <= limits.max:
+                return array.astype(narrow)
+        return array  # NRRD and NIfTI store every NumPy integer type
+    if dtype.itemsize < 4:
+        return array.astype(np.float32)  # exact: NIfTI and NRRD have no float16
+    if dtype.itemsize > 8:
+        wide = array.astype(np.float64)
+        if not np.array_equal(wide.astype(dtype), array, equal_nan=True):
+            raise ValueError(f"{path}: {dtype} voxels not representable in {_NAMES[fmt]}: "
+                             "some values change in float64, its widest floating-point type. "
+                             "Expected values that float64 holds exactly (or write .npy).")
+        return wide
+    return array
 
 
 def _write_nifti(path, array, reference):
@@ -748,7 +855,11 @@ def _write_nifti(path, array, reference):
         image = nib.Nifti1Image(array, reference.affine, header=header)
         image.header["cal_min"], image.header["cal_max"] = 0, 0
     else:
-        image = nib.Nifti1Image(array, reference.affine)
+        # A header that already has the voxel type: without one, nibabel
+        # refuses the 64-bit integers _storable leaves as they are.
+        header = nib.Nifti1Header()
+        header.set_data_dtype(array.dtype)
+        image = nib.Nifti1Image(array, reference.affine, header=header)
         image.header.set_qform(reference.affine, code=1)
         image.header.set_sform(reference.affine, code=1)
     image.set_data_dtype(array.dtype)

@@ -50,7 +50,7 @@ def _write(path, array, affine=AFFINE):
         image.header.set_xyzt_units("mm", "sec")
         nib.save(image, path)
     elif path.endswith(".nrrd"):
-        lps = LPS @ affine[:3]
+        lps = np.diag(LPS)[:, None] * affine[:3]  # not LPS @: 0 * NaN would spread a NaN
         nrrd.write(path, array, {"space": "left-posterior-superior",
                                  "space directions": lps[:, :3].T, "space origin": lps[:, 3],
                                  "encoding": "gzip", "my field": "kept"},
@@ -306,7 +306,8 @@ def test_write_volume_keeps_the_reference_geometry(tmp_path, ref_ext, out_ext):
         np.testing.assert_allclose(got_spacing, ref_spacing, rtol=1e-6)
         np.testing.assert_allclose(got_origin, ref_origin, atol=1e-4)
         np.testing.assert_allclose(got_direction, ref_direction, atol=1e-5)
-    assert sorted(os.listdir(out)) == [f"probability{out_ext}", f"region{out_ext}"]  # no temporaries
+    # No temporaries left behind.
+    assert sorted(os.listdir(out)) == [f"probability{out_ext}", f"region{out_ext}"]
     if out_ext == ref_ext == ".nii.gz":
         header = nib.load(out / "region.nii.gz").header
         assert header["descrip"] == b"written by the test"
@@ -370,3 +371,167 @@ def test_nrrd_vector_axis_becomes_channels_and_nan_images_are_refused(tmp_path):
         "space": "left-posterior-superior", "space directions": directions,
         "space origin": lps[:, 3], "kinds": ["vector", "domain", "domain", "domain"]})
     _expect_problems(tmp_path, f"{case / 'image.nrrd'}: image holds NaN or infinite values")
+
+
+def _nifti_with_sform(path, array, sform):
+    """A NIfTI whose only geometry is `sform` (qform unset), as written by a
+    tool that stores whatever matrix it has."""
+    image = nib.Nifti1Image(array, None)
+    image.header.set_sform(sform, code=1)
+    image.header.set_qform(None, code=0)
+    nib.save(image, str(path))
+    return path
+
+
+def _bad_affines():
+    nan = AFFINE.copy()
+    nan[1, 3] = np.nan
+    zero = AFFINE.copy()
+    zero[:3, 1] = 0.0  # a zero-length axis
+    flat = AFFINE.copy()
+    flat[:3, 2] = flat[:3, 0]  # two axes along one direction: no volume
+    return {"nan": nan, "zero column": zero, "parallel columns": flat}
+
+
+@pytest.mark.parametrize("kind", ["nan", "zero column", "parallel columns"])
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])
+def test_non_finite_or_singular_affine_is_a_problem(tmp_path, kind, ext):
+    """NaN compares False with any tolerance and a singular affine maps the
+    volume onto a plane: both must fail validation, not slip through."""
+    affine = _bad_affines()[kind]
+    case = tmp_path / "c"
+    case.mkdir()
+    image = case / f"image{ext}"
+    if ext == ".nii.gz":
+        _nifti_with_sform(image, np.zeros(SHAPE, np.int16), affine)
+        _nifti_with_sform(case / "annotation-a.nii.gz", np.zeros(SHAPE, np.uint8), affine)
+    else:
+        _write(image, np.zeros(SHAPE, np.int16), affine)
+        _write(case / "annotation-a.nrrd", np.zeros(SHAPE, np.uint8), affine)
+    what = "non-finite affine" if kind == "nan" else "singular affine"
+    error = _expect_problems(tmp_path, f"{image}: {what}", "Expected a finite, invertible")
+    assert len(error.problems) == 2  # the annotation's line too, not a comparison with NaN
+    assert error.problems[1].startswith(f"{case / 'annotation-a'}{ext}: {what}")
+    with pytest.raises(DataError, match=f"{image}: {what}"):
+        read_volume(image)
+
+
+def test_nrrd_nan_space_origin_is_a_problem(tmp_path):
+    path = tmp_path / "v.nrrd"
+    nrrd.write(str(path), np.zeros(SHAPE, np.int16), {
+        "space": "left-posterior-superior", "space directions": np.eye(3),
+        "space origin": np.array([0.0, np.nan, 1.0])})
+    with pytest.raises(DataError, match=f"{path}: non-finite affine"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".npy"])
+def test_zero_size_volume_is_a_problem(tmp_path, ext):
+    case = tmp_path / "c"
+    case.mkdir()
+    empty = (17, 0, 13)
+    image = _write(case / f"image{ext}", np.zeros(empty, np.int16))
+    annotation = _write(case / f"annotation-a{ext}", np.zeros(empty, np.uint8))
+    error = _expect_problems(
+        tmp_path, f"{image}: empty volume: shape (17, 0, 13). Expected at least one voxel "
+        "along each axis", f"{annotation}: empty volume: shape (17, 0, 13)")
+    assert len(error.problems) == 2
+    no_channels = _write(tmp_path / "c4.npy", np.zeros(SHAPE + (0,), np.float32))
+    with pytest.raises(DataError, match=r"c4.npy: empty volume: shape \(17, 21, 13, 0\)"):
+        read_volume(no_channels)
+
+
+@pytest.mark.parametrize("with_directions", [False, True], ids=["spacings", "directions"])
+@pytest.mark.parametrize("kind", ["vector", "list", "RGB-color"])
+def test_channel_first_nrrd_found_by_kinds(tmp_path, kind, with_directions):
+    """pynrrd keeps the file's axis order; the channel axis is the one whose
+    `kinds` entry is not spatial, wherever it is, with or without a world
+    space."""
+    case = tmp_path / "c"
+    case.mkdir()
+    image = np.random.default_rng(3).random((2,) + SHAPE).astype(np.float32)
+    kinds = [kind, "domain", "domain", "domain"]
+    if with_directions:
+        lps = LPS @ AFFINE[:3]
+        header = {"space": "left-posterior-superior", "kinds": kinds,
+                  "space directions": np.vstack([np.full(3, np.nan), lps[:, :3].T]),
+                  "space origin": lps[:, 3]}
+        want_affine = AFFINE
+    else:
+        header = {"kinds": kinds, "spacings": np.array([np.nan, *SPACING])}
+        want_affine = np.diag([*SPACING, 1.0])
+    nrrd.write(str(case / "image.nrrd"), image, header)
+    _write(case / "annotation-a.nrrd", np.ones(SHAPE, np.uint8), want_affine)
+    (loaded,) = load_folder(tmp_path)
+    assert loaded.shape == SHAPE and loaded.channels == 2
+    np.testing.assert_array_equal(loaded.image, np.moveaxis(image, 0, -1))
+    np.testing.assert_allclose(loaded.affine, want_affine, atol=1e-9)
+    np.testing.assert_allclose(loaded.spacing, SPACING, rtol=1e-9)
+    back, spacing, _, _ = read_volume(case / "image.nrrd")
+    assert back.shape == SHAPE + (2,)
+    # Written like it: the spatial axes' fields only.
+    out = write_volume(tmp_path / "r.nrrd", np.ones(SHAPE, np.uint8), like=loaded)
+    _, written = nrrd.read(out)
+    assert written["kinds"] == ["domain"] * 3
+    if not with_directions:
+        np.testing.assert_array_equal(written["spacings"], SPACING)
+    np.testing.assert_allclose(read_volume(out)[2], want_affine, atol=1e-9)
+
+
+def _dtype_cases():
+    return {
+        "int64": np.arange(np.prod(SHAPE), dtype=np.int64).reshape(SHAPE) - 40000,
+        "bool": (np.arange(np.prod(SHAPE)).reshape(SHAPE) % 3 == 0),
+        "uint8": (np.arange(np.prod(SHAPE)).reshape(SHAPE) % 256).astype(np.uint8),
+        "float32": np.linspace(-1e3, 1e3, np.prod(SHAPE), dtype=np.float32).reshape(SHAPE),
+    }
+
+
+@pytest.mark.parametrize("ref_ext", [".npy", ".nii.gz", ".nrrd"])
+@pytest.mark.parametrize("out_ext", [".npy", ".nii.gz", ".nrrd"])
+def test_write_volume_round_trips_every_dtype(tmp_path, ref_ext, out_ext):
+    ref = _write(tmp_path / f"ref{ref_ext}", np.zeros(SHAPE, np.int16))
+    for name, array in _dtype_cases().items():
+        path = write_volume(tmp_path / f"{name}{out_ext}", array, like=ref)
+        back = read_volume(path)[0]
+        np.testing.assert_array_equal(back, array, err_msg=f"{name} -> {path}")
+        want = {"bool": np.uint8, "int64": np.int32 if out_ext == ".nii.gz" else np.int64}
+        assert back.dtype == want.get(name, array.dtype), (name, path, back.dtype)
+
+
+def test_write_volume_keeps_values_or_refuses(tmp_path):
+    ref = _write(tmp_path / "ref.nii.gz", np.zeros(SHAPE, np.int16))
+    wide = np.full(SHAPE, 2**40, np.int64)
+    wide[0, 0, 0] = -(2**40)
+    for ext in (".nii.gz", ".nrrd"):
+        np.testing.assert_array_equal(read_volume(write_volume(
+            tmp_path / f"wide{ext}", wide, like=ref))[0], wide)
+        half = np.full(SHAPE, 0.5, np.float16)
+        back = read_volume(write_volume(tmp_path / f"half{ext}", half, like=ref))[0]
+        assert back.dtype == np.float32 and np.all(back == 0.5)
+    for array, received in ((np.zeros(SHAPE, np.complex64), "complex64"),
+                            (np.full(SHAPE, "a"), "<U1")):
+        with pytest.raises(ValueError, match=f"o.nrrd: cannot write voxels of type {received}"):
+            write_volume(tmp_path / "o.nrrd", array, like=ref)
+    if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant:
+        fine = np.full(SHAPE, 1, np.longdouble) + np.finfo(np.longdouble).eps
+        with pytest.raises(ValueError, match="o.nrrd: .* not representable"):
+            write_volume(tmp_path / "o.nrrd", fine, like=ref)
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_sidecar_files_are_ignored_other_volumes_are_problems(tmp_path):
+    """BIDS-style metadata beside a volume is no volume; a volume in a
+    format not read is reported rather than silently skipped."""
+    _case(tmp_path, "c")
+    for name in ("image.json", "annotation-a.json", "annotation-r1.json", "image_0000.json",
+                 "image.txt", "annotation-b.md", "image.png"):
+        (tmp_path / "c" / name).write_text("{}")
+    assert load_folder(tmp_path)[0].raters == ("a", "b", "c")
+    others = ("annotation-d.mha", "annotation-e.mhd", "annotation-f.nii.bz2",
+              "annotation-g.dcm", "annotation-h.nhdr", "annotation-i.npy.gz")
+    for name in others:
+        (tmp_path / "c" / name).write_bytes(b"")
+    error = _expect_problems(tmp_path, *(f"{tmp_path / 'c' / n}: unsupported format"
+                                         for n in others))
+    assert len(error.problems) == len(others)
