@@ -24,7 +24,8 @@ import numpy as np
 
 from keras_seglosses.rpmap import reward_penalty_map
 
-__all__ = ["Split", "leave_one_bone_out", "leave_one_surgeon_out", "get_split"]
+__all__ = ["Split", "leave_one_bone_out", "leave_one_surgeon_out", "get_split",
+           "FOLDER_EXPERIMENTS", "FolderSplit", "folder_split", "folder_n_folds", "folder_raters"]
 
 
 @dataclass(frozen=True)
@@ -291,3 +292,175 @@ def get_split(experiment, fold, n_bones=9, n_surgeons=7):
         "Invalid value for argument `experiment`. Expected 1 (leave one bone out) "
         f"or 2 (leave one surgeon out). Received: experiment={experiment!r}"
     )
+
+
+#: Splits of a folder of cases (`cm_dataset.folder`), `folder_split(experiment=...)`.
+FOLDER_EXPERIMENTS = ("case", "rater")
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    """One fold of a folder of multi-annotator cases (SPEC.md Sec. 11).
+
+    Every subset is a tuple of `(case name, raters)`: the case and the raters
+    whose annotations it uses, for the labels and for the reward-penalty map
+    alike (so no held-out rater ever enters a training map).
+
+    * `experiment="case"` (the CM `bone` experiment for any data): the
+      fold's cases are held out with all their raters; the model is scored
+      on them against every one of their raters.
+    * `experiment="rater"` (the CM `surgeon` experiment): rater `held_out`
+      is held out on every case; the other raters train, and every case
+      that the held-out rater annotated is tested against the training
+      raters, with the held-out rater's annotation as the inter-rater
+      baseline (`baseline`).
+
+    Validation is a fixed `validation_fraction` of the training cases (at
+    least one, drawn from the fold, not from the training seed), left out
+    of training; with a single training case it validates on that case
+    (fixed patches), which then measures fit, not generalization.
+
+    Attributes:
+        experiment: "case" or "rater".
+        fold: 1-based fold number.
+        n_folds: number of folds.
+        held_out: tuple of the held-out case names ("case") or the held-out
+            rater id ("rater").
+        train, val: tuples of `(case, raters)`.
+        test: tuple of `(case, reference raters)`.
+        baseline: tuple of `(case, held-out rater)` ("rater"; empty for "case").
+    """
+
+    experiment: str
+    fold: int
+    n_folds: int
+    held_out: object
+    train: tuple
+    val: tuple
+    test: tuple
+    baseline: tuple = ()
+
+    @staticmethod
+    def raters_of(subset):
+        """dict case name -> raters of a subset (`train`, `val`, `test`)."""
+        return {name: tuple(raters) for name, raters in subset}
+
+
+def _case_raters(cases):
+    """(case name, raters) in the folder's order, from `Case` objects or pairs."""
+    out = []
+    for c in cases:
+        name, raters = (c.name, c.raters) if hasattr(c, "raters") else c
+        out.append((str(name), tuple(raters)))
+    if not out:
+        raise ValueError("Invalid value for argument `cases`. Expected at least one case. "
+                         "Received: none")
+    return out
+
+
+def _case_folds(names, folds):
+    """Groups of case names, one per fold: one case each (natural order) for
+    leave-one-out, else K near-equal groups of a fixed permutation (seeded by
+    the number of cases and folds, so the assignment is the same everywhere)."""
+    n = len(names)
+    if folds is None:
+        return [(name,) for name in names]
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
+        raise ValueError(
+            f"Invalid value for argument `folds`. Expected an integer from 2 to the {n} "
+            f"cases (K-fold over cases), or None for leave one case out. Received: folds={folds!r}"
+        )
+    order = np.random.default_rng([n, int(folds)]).permutation(n)
+    return [tuple(names[i] for i in sorted(part)) for part in np.array_split(order, folds)]
+
+
+def _validation(train, fraction, key):
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) \
+            or not 0 <= fraction < 1:
+        raise ValueError("Invalid value for argument `validation_fraction`. Expected a number "
+                         f"in [0, 1). Received: validation_fraction={fraction!r}")
+    n = len(train)
+    k = 0 if fraction == 0 or n < 2 else max(1, int(round(fraction * n)))
+    if fraction and not k:
+        return train, train
+    chosen = set(np.random.default_rng(key).permutation(n)[:k].tolist())
+    return (tuple(p for i, p in enumerate(train) if i not in chosen),
+            tuple(p for i, p in enumerate(train) if i in chosen))
+
+
+def folder_n_folds(experiment, cases, folds=None):
+    """Number of folds of `folder_split` for these cases."""
+    pairs = _case_raters(cases)
+    if experiment == "case":
+        return len(_case_folds([n for n, _ in pairs], folds))
+    if experiment == "rater":
+        return len(folder_raters(pairs))
+    raise ValueError(f"Invalid value for argument `experiment`. Expected one of "
+                     f"{', '.join(FOLDER_EXPERIMENTS)}. Received: experiment={experiment!r}")
+
+
+def folder_raters(cases):
+    """Every rater id of the cases, in natural order (as `folder.raters`)."""
+    from cm_dataset.folder import _natural_key
+
+    return tuple(sorted({r for _, raters in _case_raters(cases) for r in raters},
+                        key=_natural_key))
+
+
+def folder_split(experiment, fold, cases, *, folds=None, validation_fraction=0.1):
+    """The split `fold` (1-based) of a folder's cases.
+
+    Args:
+        experiment: "case" (leave one case out, or K-fold over cases with
+            `folds=K`) or "rater" (leave one rater out; fold k holds out the
+            k-th rater id in natural order, `folder_raters`).
+        fold: int, 1..`folder_n_folds(experiment, cases, folds)`.
+        cases: `folder.Case` objects (or `(name, raters)` pairs).
+        folds: int K >= 2 for K-fold over cases ("case" only), or `None`.
+            Defaults to `None`.
+        validation_fraction: float in [0, 1). Defaults to `0.1`.
+
+    Returns:
+        `FolderSplit`.
+
+    Raises:
+        ValueError: an unknown experiment, a fold out of range, `folds` with
+            "rater", or a split that leaves nothing to train on.
+
+    Example:
+
+    >>> cases = [("a", ("r1", "r2")), ("b", ("r1", "r2")), ("c", ("r2",))]
+    >>> s = folder_split("rater", 1, cases)
+    >>> s.held_out, s.test, s.baseline
+    ('r1', (('a', ('r2',)), ('b', ('r2',))), (('a', 'r1'), ('b', 'r1')))
+    """
+    pairs = _case_raters(cases)
+    n = folder_n_folds(experiment, pairs, folds if experiment == "case" else None)
+    if experiment == "rater" and folds is not None:
+        raise ValueError("Invalid value for argument `folds`. K-fold applies to "
+                         "experiment='case'; experiment='rater' has one fold per rater. "
+                         f"Received: folds={folds!r}")
+    what = "held-out case group" if experiment == "case" else "held-out rater"
+    fold = _check_fold(fold, n, what)
+    if experiment == "case":
+        if n < 2:
+            raise ValueError("Invalid value for argument `cases`: leave one case out needs at "
+                             "least 2 cases (one to test, one to train). Received: 1 case")
+        held = _case_folds([name for name, _ in pairs], folds)[fold - 1]
+        train = tuple(p for p in pairs if p[0] not in held)
+        test = tuple(p for p in pairs if p[0] in held)
+        baseline = ()
+    else:
+        held = folder_raters(pairs)[fold - 1]
+        train = tuple((name, tuple(r for r in raters if r != held)) for name, raters in pairs)
+        train = tuple(p for p in train if p[1])
+        test = tuple((name, tuple(r for r in raters if r != held)) for name, raters in pairs
+                     if held in raters and len(raters) > 1)
+        baseline = tuple((name, held) for name, _ in test)
+        if not train:
+            raise ValueError(f"Invalid value for argument `fold`: holding out rater {held!r} "
+                             "leaves no case with a training rater. Received: fold={fold}")
+    train, val = _validation(train, validation_fraction, [len(pairs), n, fold,
+                                                          FOLDER_EXPERIMENTS.index(experiment)])
+    return FolderSplit(experiment=experiment, fold=fold, n_folds=n, held_out=held,
+                       train=train, val=val, test=test, baseline=baseline)

@@ -94,6 +94,15 @@ _TRAIN_OPTIONS = (
     ("--deep-supervision", "deep_supervision"),
     ("--overwrite", "overwrite"),
 )
+#: The options of a folder of cases only (`cmseg study` runs the CM files).
+_FOLDER_OPTIONS = (
+    ("--folds", "folds"),
+    ("--patch-size", "patch_size"),
+    ("--intensity", "intensity"),
+    ("--window", "window"),
+    ("--resample", "resample"),
+    ("--spacing", "spacing"),
+)
 
 
 def _add_train_options(p, epochs=200, steps=None, single_run=True):
@@ -151,6 +160,8 @@ def _add_train_options(p, epochs=200, steps=None, single_run=True):
                    help="isensee2017 only: train every decoder level's output against the "
                    "target at its resolution (weights 1, 1/2, 1/4)")
     if single_run:
+        _add_folder_options(p)
+    if single_run:
         p.add_argument("--deterministic", action="store_true",
                        help="bit-reproducible across processes: seeded generators, "
                        "TensorFlow op determinism, torch deterministic algorithms "
@@ -161,6 +172,41 @@ def _add_train_options(p, epochs=200, steps=None, single_run=True):
         p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                        help="train every run bit-reproducibly (as cmseg train "
                        "--deterministic). Default: on")
+
+
+def _add_inference_options(p):
+    """How `predict` and `evaluate` predict a whole volume and post-process it."""
+    p.add_argument("--tta", default="none", choices=("none", "flips", "all"),
+                   help="test-time augmentation: the mean over the 8 flips or all 48 "
+                   "symmetries of the cube (axes permuted only where the spacing is "
+                   "equal). Default: %(default)s")
+    p.add_argument("--overlap", type=float, default=0.5,
+                   help="sliding-window overlap (fraction of the window). Default: %(default)s")
+    p.add_argument("--keep-largest", action="store_true",
+                   help="keep the largest 26-connected component of each region")
+    p.add_argument("--min-size", type=int, default=0, metavar="N",
+                   help="remove components smaller than N voxels. Default: %(default)s")
+
+
+def _add_folder_options(p):
+    """The options of training on a folder of cases (`--experiment case|rater`)."""
+    g = p.add_argument_group("folder of cases (--experiment case or rater)")
+    g.add_argument("--folds", type=_positive_int, default=None, metavar="K",
+                   help="case: K-fold over cases instead of leave one case out")
+    g.add_argument("--patch-size", type=_positive_int, default=64, metavar="P",
+                   help="train on random P^3 patches, a third centred on annotated voxels. "
+                   "Default: %(default)s")
+    g.add_argument("--intensity", default=None, choices=("labels", "ct", "mr"),
+                   help="labels: anatomical label maps (the CM encoding); ct: clip to "
+                   "--window and scale to [-1, 1]; mr: z-score over the nonzero voxels. "
+                   "Default: ct for a folder, labels for the CM files")
+    g.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="ct: the intensity window. Default: -1000 2000 (air to dense bone)")
+    g.add_argument("--resample", type=_positive_int, default=None, metavar="S",
+                   help="resize every case to S^3 (images linear, labels nearest) instead "
+                   "of patches of its own grid")
+    g.add_argument("--spacing", type=_positive_float, nargs=3, default=None, metavar="MM",
+                   help="voxel size of .npy cases (they carry none). Default: 1 1 1")
 
 
 def build_parser():
@@ -184,10 +230,14 @@ def build_parser():
 
     p = sub.add_parser("train", help="train one fold (or all) of an experiment")
     p.add_argument("--data", required=True, help="CM data directory")
-    p.add_argument("--experiment", required=True, choices=registry.EXPERIMENTS,
-                   help="bone: Experiment 1 (leave one bone out); surgeon: Experiment 2")
+    p.add_argument("--experiment", required=True,
+                   choices=registry.EXPERIMENTS + registry.FOLDER_EXPERIMENTS,
+                   help="CM files: bone (Experiment 1, leave one bone out) or surgeon "
+                   "(Experiment 2); a folder of cases: case (leave one case out, or "
+                   "--folds K) or rater (leave one rater out)")
     p.add_argument("--fold", required=True, type=_fold,
-                   help="1-based fold (bone 1-9, surgeon 1-7 on the CM data) or all")
+                   help="1-based fold (bone 1-9, surgeon 1-7 on the CM data; case or rater "
+                   "1..N on a folder) or all")
     p.add_argument("--out", required=True, help="run directory (with --fold all: the "
                    "parent of one fold-K directory per fold)")
     p.add_argument("--print-fold-commands", action="store_true",
@@ -195,7 +245,8 @@ def build_parser():
     _add_train_options(p)
 
     p = sub.add_parser("evaluate", help="the paper's evaluation of trained runs")
-    p.add_argument("--data", required=True, help="CM data directory")
+    p.add_argument("--data", required=True, help="CM data directory, or the folder of cases "
+                   "the runs trained on")
     p.add_argument("--runs", required=True, nargs="+",
                    help="run directories, or directories of runs")
     p.add_argument("--out", required=True, help="report directory")
@@ -204,27 +255,23 @@ def build_parser():
                    help="columns: dice rpd hd95 nsd (per prediction and annotation) and "
                    "ged hungarian_iou qubiq consensus_dice (per input, against all its "
                    "annotations). Default: all")
+    _add_inference_options(p)
+    p.add_argument("--spacing", type=_positive_float, nargs=3, default=None, metavar="MM",
+                   help="voxel size of .npy cases in a folder. Default: 1 1 1")
 
     p = sub.add_parser("predict", help="predict the surgical region of new bones")
     p.add_argument("--model", required=True, help="a .keras model or an original .h5 file")
     p.add_argument("--input", required=True,
                    help="label volumes: .npy of shape (D, H, W) or (N, D, H, W), or one "
                    "volume as .nii, .nii.gz or .nrrd (the outputs take its format, grid and "
-                   "header); another size than the model's input is predicted by sliding "
-                   "windows")
+                   "header); an image for a model trained on a folder of cases (normalized "
+                   "as its run's config.json records); another size than the model's input "
+                   "is predicted by sliding windows")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--architecture", default="unet", choices=registry.MODELS,
                    help="architecture of an .h5 file. Default: %(default)s")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="Default: %(default)s")
-    p.add_argument("--tta", default="none", choices=("none", "flips", "all"),
-                   help="test-time augmentation: the mean over the 8 flips or all 48 "
-                   "symmetries of the cube. Default: %(default)s")
-    p.add_argument("--overlap", type=float, default=0.5,
-                   help="sliding-window overlap (fraction of the window). Default: %(default)s")
-    p.add_argument("--keep-largest", action="store_true",
-                   help="keep the largest 26-connected component of each region")
-    p.add_argument("--min-size", type=int, default=0, metavar="N",
-                   help="remove components smaller than N voxels. Default: %(default)s")
+    _add_inference_options(p)
 
     p = sub.add_parser("check-data", help="validate a folder of multi-annotator cases "
                        "(DIR/<case>/image.nii.gz, DIR/<case>/annotation-<rater>.nii.gz) and "
@@ -296,7 +343,7 @@ def train_option_args(values, skip=()):
     dest, e.g. a `TrainConfig`'s fields) that differ from their defaults."""
     defaults = _train_defaults()
     extra = []
-    for flag, dest in _TRAIN_OPTIONS:
+    for flag, dest in _TRAIN_OPTIONS + _FOLDER_OPTIONS:
         if dest in skip or dest not in values:
             continue
         value = values[dest]
@@ -306,6 +353,8 @@ def train_option_args(values, skip=()):
             extra.append(flag)
         elif isinstance(value, dict):
             extra += [flag, json.dumps(value)]
+        elif isinstance(value, (list, tuple)):
+            extra += [flag, *map(str, value)]
         else:
             extra += [flag, "none" if value is None else str(value)]
     return extra
@@ -355,22 +404,24 @@ def _train_config(args, fold):
         depth=args.depth, dropout=args.dropout, augment=args.augment,
         input_encoding=args.input_encoding, distribute=args.distribute,
         deterministic=args.deterministic, target=args.target,
-        deep_supervision=args.deep_supervision,
+        deep_supervision=args.deep_supervision, folds=args.folds,
+        patch_size=args.patch_size, intensity=args.intensity,
+        window=list(args.window) if args.window else None, resample=args.resample,
+        spacing=list(args.spacing) if args.spacing else None,
     )
 
 
 def _cmd_train(args, parser):
-    from cmseg import registry
     from cmseg.train import train
 
     if args.fold == "all" or args.print_fold_commands:
-        import cm_dataset
+        from cmseg._io import UsageError
+        from cmseg.train import data_folds
 
         try:
-            data = cm_dataset.load(args.data)
-        except ValueError as e:
-            parser.error(f"--data {args.data}: {e}")
-        folds = registry.valid_folds(args.experiment, data.n_bones, data.n_surgeons)
+            folds = data_folds(_train_config(args, 1))
+        except UsageError as e:
+            parser.error(str(e))
         if args.fold != "all" and args.fold not in folds:
             parser.error(f"argument --fold: invalid choice: {args.fold} "
                          f"(choose from {', '.join(map(str, folds))}, all)")
@@ -393,7 +444,9 @@ def _cmd_evaluate(args, parser):
     for path in [args.data, *args.runs]:
         if not os.path.isdir(path):
             parser.error(f"{path}: no such directory")
-    evaluate(args.data, args.runs, args.out, batch_size=args.batch_size, metrics=args.metrics)
+    evaluate(args.data, args.runs, args.out, batch_size=args.batch_size, metrics=args.metrics,
+             tta=args.tta, overlap=args.overlap, keep_largest=args.keep_largest,
+             min_size=args.min_size, spacing=args.spacing)
     return 0
 
 

@@ -15,8 +15,14 @@ One case is one (prediction, surgeon) pair. Rows of the tables are the mean
 +/- standard deviation (numpy's, `ddof=0`) of the cases of one bone
 (Experiment 1) or one held-out surgeon (Experiment 2), and "Overall" over
 all cases; columns are the (model, loss) pairs side by side, as Tables I-IV.
-HD95 and NSD (in voxels, tolerance 1 voxel) come from
-`keras_seglosses.metrics.functional` where that module provides them.
+HD95 and NSD (in voxels, tolerance 1 voxel, on the CM files; in millimetres,
+tolerance 1 mm, on a folder of cases, from each case's header spacing) come
+from `keras_seglosses.metrics.functional` where that module provides them.
+
+A folder of cases (`--experiment case` or `rater` runs) follows the same
+protocol: a held-out case is scored against each of its raters ("case"),
+or every case the held-out rater annotated is scored against its training
+raters, the held-out rater's annotation being the rater baseline ("rater").
 """
 
 import math
@@ -50,6 +56,10 @@ METRICS = {"dice": "Dice", "rpd": "RPD", "hd95": "HD95", "nsd": "NSD",
            "qubiq": "QUBIQ score", "consensus_dice": "Dice against the STAPLE consensus"}
 INPUT_METRICS = ("ged", "hungarian_iou", "qubiq", "consensus_dice")
 BASELINE = ("surgeons", "baseline")
+_SURFACE = ("hd95", "nsd")
+#: The baseline row of an experiment's tables: the held-out annotator
+#: scored as a prediction.
+_BASELINE_ROWS = {"surgeon": "Surgeon baseline", "rater": "Rater baseline"}
 
 
 _INPUT_FUNCTIONS = {
@@ -93,7 +103,7 @@ def input_scores(prediction, annotations, metrics):
     return {m: float(compute[m]()) for m in metrics if m in INPUT_METRICS}
 
 
-def pair_scores(prediction, annotations, rpmap, metrics=None):
+def pair_scores(prediction, annotations, rpmap, metrics=None, spacing=None):
     """Score one prediction against several annotations of the same input.
 
     Args:
@@ -102,6 +112,8 @@ def pair_scores(prediction, annotations, rpmap, metrics=None):
         annotations: array `(K, *spatial)`, the K surgeons' binary regions.
         rpmap: array `(*spatial)`, the reward-penalty map for RPD.
         metrics: list of metric keys. Defaults to `available_metrics()`.
+        spacing: voxel size in mm per axis for HD95 and NSD (then in mm,
+            NSD's tolerance 1 mm). Defaults to `None` (voxels).
 
     Returns:
         dict metric -> float64 array `(K,)`, one value per annotation.
@@ -124,7 +136,9 @@ def pair_scores(prediction, annotations, rpmap, metrics=None):
     for name in [m for m in metrics if m not in INPUT_METRICS]:
         fn = functions.get(name) or getattr(functional, name)
         y_true = packed if name == "rpd" else labels
-        out[name] = np.asarray(ops.convert_to_numpy(fn(y_true, pred)), np.float64).reshape(k)
+        kwargs = {"spacing": spacing} if spacing is not None and name in _SURFACE else {}
+        out[name] = np.asarray(ops.convert_to_numpy(fn(y_true, pred, **kwargs)),
+                               np.float64).reshape(k)
     return out
 
 
@@ -185,6 +199,52 @@ def fold_cases(data, experiment, fold, predictions, metrics=None, baseline=True)
     return cases, base
 
 
+def folder_fold_cases(cases, split, predictions, metrics=None, baseline=True):
+    """Cases of one fold of a folder of cases (`cm_dataset.splits.FolderSplit`).
+
+    Each test case's prediction is scored against each of its reference
+    raters, the reward-penalty map built from those raters, HD95 and NSD
+    in millimetres (the case's spacing). For `experiment="rater"` the
+    held-out rater's annotation is scored the same way as the inter-rater
+    baseline.
+
+    Args:
+        cases: dict case name -> `cm_dataset.folder.Case`.
+        split: `FolderSplit`.
+        predictions: dict case name -> prediction `(X, Y, Z)`.
+        metrics: list of metric keys. Defaults to `available_metrics()`.
+        baseline: bool, add the rater-baseline cases ("rater" only).
+
+    Returns:
+        (cases, baseline_cases): lists of dicts with keys `fold`, `case`,
+        `rater`, `row` (`"Case <name>"` or `"Rater <held-out id>"`) and one
+        key per metric (input metrics in a dict with `rater` empty).
+    """
+    from keras_seglosses import reward_penalty_map
+
+    metrics = available_metrics() if metrics is None else metrics
+    held = dict(split.baseline) if baseline else {}
+    out, base = [], []
+    for name, refs in split.test:
+        case = cases[name]
+        ann = case.annotation_stack(refs).astype(np.float32)
+        rpmap = reward_penalty_map(ann)
+        row = f"Case {name}" if split.experiment == "case" else f"Rater {split.held_out}"
+        scored = [(predictions[name], out)]
+        if name in held:
+            scored.append((case.annotations[held[name]], base))
+        for pred, sink in scored:
+            tag = {"fold": split.fold, "case": name, "row": row}
+            per_input = input_scores(pred, ann, metrics)
+            if per_input:
+                sink.append({**tag, "rater": "", **per_input})
+            values = pair_scores(pred, ann, rpmap, metrics, spacing=case.spacing)
+            for i, r in enumerate(refs):
+                sink.append({**tag, "rater": r, **{m: float(v[i]) for m, v in values.items()}})
+        case.release()
+    return out, base
+
+
 def _column_order(columns):
     losses = list(registry.PAPER_LOSSES)
 
@@ -201,11 +261,11 @@ def _column_order(columns):
 
 def _row_order(row):
     if row == "Overall":
-        return (2, 0)
-    if row == "Surgeon baseline":
-        return (3, 0)
+        return (2, 0, "")
+    if row in _BASELINE_ROWS.values():
+        return (3, 0, "")
     digits = "".join(c for c in row if c.isdigit())
-    return (1 if row.startswith("Surgeon") else 0, int(digits or 0))
+    return (1 if row.startswith(("Surgeon", "Rater")) else 0, int(digits or 0), row)
 
 
 def summarize(cases, metrics):
@@ -238,8 +298,8 @@ def summarize(cases, metrics):
                 rows["Overall"] = [c[metric] for c in group]
                 if baseline:
                     folds = {c["fold"] for c in group}
-                    rows["Surgeon baseline"] = [c[metric] for c in baseline
-                                                if c["fold"] in folds and metric in c]
+                    rows[_BASELINE_ROWS.get(exp, "Surgeon baseline")] = [
+                        c[metric] for c in baseline if c["fold"] in folds and metric in c]
                 for row in sorted(rows, key=_row_order):
                     values = np.asarray(rows[row], np.float64)
                     out.append(
@@ -260,6 +320,8 @@ def summarize(cases, metrics):
 EXPERIMENT_TITLES = {
     "bone": "Experiment 1: leave one bone out",
     "surgeon": "Experiment 2: leave one surgeon out",
+    "case": "Held-out cases",
+    "rater": "Leave one rater out",
 }
 
 
@@ -322,20 +384,30 @@ def find_runs(paths):
     return runs
 
 
-def _read_run(rundir, data):
-    """The run's config, checked against the data (usage errors name the run)."""
+def _read_config(rundir):
     path = os.path.join(rundir, "config.json")
     try:
         config = _io.read_json(path)
-        exp, fold = config["experiment"], int(config["fold"])
-        config["model"], config["loss"]
+        exp = config["experiment"]
+        int(config["fold"]), config["model"], config["loss"]
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(
             f"{path}: not a cmseg run configuration ({type(e).__name__}: {e})."
         ) from None
-    if exp not in registry.EXPERIMENTS:
+    known = registry.EXPERIMENTS + registry.FOLDER_EXPERIMENTS
+    if exp not in known:
         raise UsageError(f"{path}: unknown experiment {exp!r}; expected one of "
-                         f"{', '.join(registry.EXPERIMENTS)}.")
+                         f"{', '.join(known)}.")
+    return config
+
+
+def _read_run(rundir, data, config=None):
+    """The run's config, checked against the data (usage errors name the run)."""
+    config = _read_config(rundir) if config is None else config
+    exp, fold = config["experiment"], int(config["fold"])
+    if exp not in registry.EXPERIMENTS:
+        raise UsageError(f"{rundir}: a run of experiment {exp!r} (a folder of cases); "
+                         "--data holds the CM files. Pass the run's own --data.")
     folds = registry.valid_folds(exp, data.n_bones, data.n_surgeons)
     if fold not in folds:
         raise UsageError(
@@ -439,12 +511,77 @@ def _note(message):
     print(f"note: {message}", file=sys.stderr, flush=True)
 
 
-def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
+def _folder_predictions(rundir, config, cases, names, options):
+    """Whole-case probabilities of a folder run's test cases, predicted as
+    `cmseg predict` does (the run's preprocessing, sliding windows, TTA),
+    post-processed as `options` asks."""
+    from cm_dataset import patches
+    from cmseg import predict as pr
+
+    path = os.path.join(rundir, "model.keras")
+    preprocessing = config.get("preprocessing")
+    if not preprocessing:
+        raise UsageError(f"{rundir}: config.json records no preprocessing (a run of an "
+                         "older cmseg?). Train it again with this version.")
+    model = pr.load_model(path)
+    out = {}
+    for name in names:
+        case = cases[name]
+        x = case.image
+        if x.shape[-1] != preprocessing["channels"]:
+            raise UsageError(f"{case.directory}: {x.shape[-1]} image channel(s); the run "
+                             f"{rundir} was trained on {preprocessing['channels']}.")
+        encoded = patches.normalize(x, preprocessing["intensity"],
+                                    window=preprocessing.get("window"),
+                                    input_encoding=preprocessing.get("input_encoding", "scaled"))
+        prob = pr.probabilities(model, encoded[None], case.spacing, tta=options["tta"],
+                                overlap=options["overlap"], batch_size=options["batch_size"],
+                                resample=preprocessing.get("resample"))
+        out[name] = _postprocess(prob, options)[0]
+        case.release()
+    return out
+
+
+def _postprocess(prob, options):
+    """Probabilities as they are, or the post-processed region (binary)."""
+    if not (options["keep_largest"] or options["min_size"]):
+        return prob
+    from cmseg.predict import regions
+
+    return regions(prob, 0.5, keep_largest=options["keep_largest"],
+                   min_size=options["min_size"]).astype(np.float32)
+
+
+def _check_folder_run(rundir, config, cases):
+    from cm_dataset import splits
+
+    try:
+        split = splits.folder_split(config["experiment"], int(config["fold"]), cases,
+                                    folds=config.get("folds"),
+                                    validation_fraction=config.get("validation_fraction", 0.1))
+    except ValueError as e:
+        raise UsageError(f"{rundir}: its fold does not exist in --data ({e}). Was the run "
+                         "trained on other data?") from None
+    if not os.path.isfile(os.path.join(rundir, "model.keras")):
+        raise UsageError(f"{rundir}: no model.keras (the run has not completed an epoch).")
+    return split
+
+
+def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print, *, tta="none",
+             overlap=0.5, keep_largest=False, min_size=0, spacing=None):
     """Evaluate run directories and write the report into `out`.
 
     Writes `results.csv` (the summary: experiment, metric, model, loss, row,
     mean, std, n), `cases.csv` (every case), `results.md` (the tables),
     `training_curves.png` and `dice_boxplot.png`.
+
+    `data_dir` holds the CM files (runs of `bone` and `surgeon`) or a folder
+    of cases (runs of `case` and `rater`, `folder_fold_cases`: each test
+    case predicted whole as `cmseg predict` does, with the run's recorded
+    preprocessing, and HD95/NSD in millimetres from the headers' spacing).
+    `keep_largest` and `min_size` post-process every prediction before it is
+    scored (`cmseg.predict.regions`); `tta` and `overlap` apply to the
+    folder runs' whole-case prediction. `spacing` is that of `.npy` cases.
 
     Returns:
         The markdown text of the tables.
@@ -452,17 +589,31 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
     import cm_dataset
     from cmseg.train import run_is_finished
 
-    try:
-        data = cm_dataset.load(data_dir)
-    except ValueError as e:
-        raise UsageError(f"--data {data_dir}: {e}") from None
     known = available_metrics()
     metrics = known if metrics is None else list(metrics)
     unknown = [m for m in metrics if m not in known]
     if unknown or not metrics:
         raise UsageError(f"Invalid value for --metrics. Expected names among "
                          f"{', '.join(known)}. Received: {' '.join(metrics)}")
-    runs = [(r, _read_run(r, data)) for r in find_runs(run_paths)]
+    options = dict(tta=tta, overlap=overlap, keep_largest=keep_largest, min_size=min_size,
+                   batch_size=batch_size)
+    found = [(r, _read_config(r)) for r in find_runs(run_paths)]
+    kinds = {c["experiment"] in registry.FOLDER_EXPERIMENTS for _, c in found}
+    if kinds == {True}:
+        try:
+            cases = cm_dataset.load_folder(data_dir, spacing=spacing, lazy=True)
+        except cm_dataset.DataError as e:
+            raise UsageError(f"--data {data_dir}: {e}") from None
+        by_name = {c.name: c for c in cases}
+        runs = found
+        plans = {r: _check_folder_run(r, c, cases) for r, c in runs}
+    else:
+        try:
+            data = cm_dataset.load(data_dir)
+        except ValueError as e:
+            raise UsageError(f"--data {data_dir}: {e}") from None
+        runs = [(r, _read_run(r, data, c)) for r, c in found]
+        plans = None
     for rundir, _ in runs:
         if not run_is_finished(rundir):
             _note(f"{rundir} is not finished; evaluating its best model so far.")
@@ -477,11 +628,19 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print):
     progress = _io.Progress(len(runs), "evaluate")
     for rundir, config in runs:
         exp, fold = config["experiment"], int(config["fold"])
-        bones = [fold - 1] if exp == "bone" else list(range(data.n_bones))
-        preds = _predict_run(rundir, config, data, bones, batch_size)
-        want_base = exp == "surgeon" and (exp, fold) not in seen_baselines
+        want_base = exp in _BASELINE_ROWS and (exp, fold) not in seen_baselines
         seen_baselines.add((exp, fold))
-        run_cases, base = fold_cases(data, exp, fold, preds, metrics, baseline=want_base)
+        if plans is not None:
+            split = plans[rundir]
+            preds = _folder_predictions(rundir, config, by_name, [n for n, _ in split.test],
+                                        options)
+            run_cases, base = folder_fold_cases(by_name, split, preds, metrics,
+                                                baseline=want_base)
+        else:
+            bones = [fold - 1] if exp == "bone" else list(range(data.n_bones))
+            preds = _predict_run(rundir, config, data, bones, batch_size)
+            preds = {b: _postprocess(p[None], options)[0] for b, p in preds.items()}
+            run_cases, base = fold_cases(data, exp, fold, preds, metrics, baseline=want_base)
         tag = {"experiment": exp, "run": rundir}
         cases += [{**tag, "model": config["model"], "loss": config["loss"], **c} for c in run_cases]
         cases += [{**tag, "model": BASELINE[0], "loss": BASELINE[1], **c} for c in base]

@@ -31,8 +31,9 @@ from cmseg._io import UsageError
 
 require("matplotlib", "cmseg predict draws slices.png with it")
 
-__all__ = ["encode", "load_volumes", "load_input", "load_model", "predict", "plot_slices",
-           "full_resolution", "output_names"]
+__all__ = ["encode", "load_volumes", "load_input", "load_image", "load_model", "predict",
+           "probabilities", "regions", "plot_slices", "full_resolution", "output_names",
+           "run_preprocessing"]
 
 N_LABELS = 14
 # Input ending -> (region, probability) file names: outputs keep the input's format.
@@ -163,6 +164,24 @@ def output_names(input_path):
     return _OUTPUTS[_input_format(input_path) or "npy"]
 
 
+def _refuse_overwriting_input(input_path, out):
+    """UsageError if an output file of `out` would replace `--input`."""
+    if not (os.path.isfile(input_path) and os.path.isdir(out)):
+        return  # a missing input is load_input's to report; a new folder holds nothing
+    if not os.path.samefile(os.path.dirname(os.path.abspath(input_path)), out):
+        return
+    base = os.path.basename(input_path)
+    for name in output_names(input_path):
+        target = os.path.join(out, name)
+        # Another case is the same file on a case-insensitive file system.
+        if name == base or (name.lower() == base.lower() and os.path.exists(target)
+                            and os.path.samefile(target, input_path)):
+            raise UsageError(
+                f"--out {out}: the output {target} would overwrite --input {input_path}. "
+                "Expected an --out folder other than the input's, or an input named other "
+                f"than {' or '.join(output_names(input_path))}.")
+
+
 def full_resolution(model):
     """The model's full-resolution output alone: a deep-supervision model
     (`isensee2017(deep_supervision=True)`, outputs finest first) without its
@@ -215,7 +234,8 @@ def load_model(path, architecture="unet", size=64):
 def plot_slices(x, region, path, max_rows=4):
     """Orthogonal slices (axial, coronal, sagittal) through the centre of the
     predicted region (the volume centre when empty): anatomy in grey, the
-    region in red. One row per volume, at most `max_rows`."""
+    region in red. One row per volume, at most `max_rows`; `x` holds label
+    maps (integers, drawn on 0..13) or normalized images (their range)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,6 +243,9 @@ def plot_slices(x, region, path, max_rows=4):
 
     red = matplotlib.colors.ListedColormap(["red"])
     n = min(len(x), max_rows)
+    # label maps on their fixed 0..13 scale; normalized images on their own range
+    labels = np.issubdtype(np.asarray(x).dtype, np.integer)
+    low, high = (0, N_LABELS - 1) if labels else (float(np.min(x[:n])), float(np.max(x[:n])))
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
     for i in range(n):
         idx = np.argwhere(region[i])
@@ -231,7 +254,7 @@ def plot_slices(x, region, path, max_rows=4):
             sl = [slice(None)] * 3
             sl[a] = int(centre[a])
             ax.imshow(np.take(x[i], centre[a], axis=a).T, cmap="gray", origin="lower",
-                      vmin=0, vmax=N_LABELS - 1)
+                      vmin=low, vmax=high)
             mask = np.take(region[i], centre[a], axis=a).T
             ax.imshow(np.ma.masked_where(mask == 0, mask), cmap=red, alpha=0.5,
                       origin="lower", vmin=0, vmax=1)
@@ -241,6 +264,137 @@ def plot_slices(x, region, path, max_rows=4):
     with _io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def run_preprocessing(model_path):
+    """The preprocessing a model was trained with, from its run's
+    `config.json` (written by `cmseg train` beside `model.keras`): a dict
+    with `intensity`, `window`, `input_encoding`, `channels`,
+    `input_channels`, `patch_size` and `resample`; `None` for a model
+    without a run (any `.keras` or `.h5` file elsewhere), or of the CM
+    files (anatomical label maps, encoded as the model's input asks)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return _io.read_json(path).get("preprocessing")
+    except (ValueError, AttributeError) as e:
+        raise UsageError(f"--model {model_path}: its run's {path} is unreadable ({e}).") \
+            from None
+
+
+def load_image(path, preprocessing):
+    """Read one image and normalize it as the model's training did.
+
+    Returns:
+        `(x, meta, spacing)`: float32 `(1, X, Y, Z, C)` (C the model's input
+        channels), the geometry to write the outputs on (`None` for
+        `.npy`), and the voxel size.
+    """
+    from cm_dataset import patches
+    from cm_dataset.folder import DataError, read_volume
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--input {path}: file missing. Expected a {_INPUT_FORMATS} image.")
+    try:
+        x, spacing, _, meta = read_volume(path)
+    except DataError as e:
+        raise UsageError(f"--input {e}") from None
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] != preprocessing["channels"]:
+        raise UsageError(
+            f"--input {path}: wrong shape. Expected one volume (X, Y, Z) with "
+            f"{preprocessing['channels']} channel(s) on the last axis, as the model's "
+            f"training images. Received: shape {x.shape}.")
+    if not np.all(np.isfinite(x)):
+        raise UsageError(f"--input {path}: non-finite voxel values (NaN or inf).")
+    try:
+        x = patches.normalize(x.astype(np.float32), preprocessing["intensity"],
+                              window=preprocessing.get("window"),
+                              input_encoding=preprocessing.get("input_encoding", "scaled"))
+    except ValueError as e:
+        raise UsageError(f"--input {path}: {e}") from None
+    return x[None], (meta if meta["format"] != "npy" else None), spacing
+
+
+def _resized(volume, shape, order):
+    """`volume (*spatial, C)` resized to `shape` (scipy's zoom per channel)."""
+    from scipy import ndimage
+
+    if tuple(volume.shape[:-1]) == tuple(shape):
+        return volume
+    factors = [t / s for t, s in zip(shape, volume.shape[:-1])]
+    return np.stack([ndimage.zoom(volume[..., c], factors, order=order, mode="nearest",
+                                  grid_mode=True) for c in range(volume.shape[-1])], axis=-1)
+
+
+def probabilities(model, encoded, spacing=None, *, tta="none", overlap=0.5, batch_size=2,
+                  resample=None):
+    """The model's foreground probability for each volume, on its own grid.
+
+    Args:
+        model: a Keras model `(n, *patch, C) -> (n, *patch, 1)`.
+        encoded: float32 `(N, X, Y, Z, C)`, the model's inputs.
+        spacing: voxel size (for `tta="all"`, which permutes only axes of
+            equal spacing). Defaults to isotropic.
+        tta: `"none"`, `"flips"` or `"all"` (`cmseg.inference.symmetric_mean`).
+        overlap: of the sliding windows when a volume is not the model's
+            input size. Defaults to `0.5`.
+        batch_size: windows per model call. Defaults to `2`.
+        resample: int S: the model was trained on cases resized to S^3, so
+            each volume is resized to S^3 (linear), predicted there, and
+            its probability resized back (linear). Defaults to `None`.
+
+    Returns:
+        float32 `(N, X, Y, Z)`.
+    """
+    import keras
+
+    from cmseg import inference
+
+    spatial = tuple(encoded.shape[1:-1])
+    if resample:
+        encoded = np.stack([_resized(v, (resample,) * 3, order=1) for v in encoded])
+        spacing = tuple(s * n / resample for s, n in zip(spacing or (1.0,) * 3, spatial))
+    shape = tuple(model.input_shape[1:])
+    patch = tuple(s if s is not None else d for s, d in zip(shape[:-1], encoded.shape[1:-1]))
+
+    def run(batch):
+        n = len(batch)
+        if n < batch_size:
+            # every call the same shape, so the compiled step is never retraced
+            fill = np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)
+            batch = np.concatenate([batch, fill])
+        # one compiled step per batch: `predict` would set up a whole
+        # evaluation loop for each batch of windows
+        return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)))[:n]
+
+    def whole(volume):
+        if volume.shape[:-1] == patch:
+            return run(volume[None])[0]
+        return inference.sliding_window(run, volume, patch, overlap=overlap,
+                                        batch_size=batch_size)
+
+    prob = np.stack([inference.symmetric_mean(whole, v, mode=tta, spacing=spacing)
+                     for v in encoded])
+    if resample:
+        prob = np.stack([_resized(p, spatial, order=1) for p in prob])
+    return prob[..., 0].astype(np.float32)
+
+
+def regions(prob, threshold=0.5, *, keep_largest=False, min_size=0):
+    """int8 regions `(N, *spatial)` of probabilities `(N, *spatial)`:
+    `prob > threshold`, then the largest 26-connected component alone
+    (`keep_largest`) and without components under `min_size` voxels."""
+    from cmseg import inference
+
+    region = np.asarray(prob) > threshold
+    if keep_largest:
+        region = np.stack([inference.keep_largest_component(r) for r in region])
+    if min_size:
+        region = np.stack([inference.remove_small_components(r, min_size) for r in region])
+    return region.astype(np.int8)
 
 
 def predict(model_path, input_path, out, architecture="unet", batch_size=2, threshold=0.5,
@@ -273,32 +427,34 @@ def predict(model_path, input_path, out, architecture="unet", batch_size=2, thre
     if tta not in inference.TTA_MODES:
         raise UsageError(f"Invalid value for --tta. Expected one of "
                          f"{', '.join(inference.TTA_MODES)}. Received: --tta {tta}")
-    x, meta = load_input(input_path)
-    cubic = len(set(x.shape[1:])) == 1
-    model = load_model(model_path, architecture, size=x.shape[1] if cubic else 64)
+    _refuse_overwriting_input(input_path, out)
+    preprocessing = run_preprocessing(model_path)
+    spacing = None
+    if preprocessing and preprocessing["intensity"] != "labels":
+        encoded, meta, spacing = load_image(input_path, preprocessing)
+        x = encoded[..., 0]  # for the slices figure
+    else:
+        x, meta = load_input(input_path)
+        if meta is not None:
+            spacing = tuple(float(v) for v in np.linalg.norm(meta["_probe"].affine[:3, :3],
+                                                             axis=0))
+    spatial = x.shape[1:]
+    size = (preprocessing or {}).get("resample")
+    cubic = len(set(spatial)) == 1
+    model = load_model(model_path, architecture, size=spatial[0] if cubic else 64)
     shape = tuple(model.input_shape[1:])
-    encoding = "onehot" if shape[-1] == N_LABELS else "scaled"
-    patch = tuple(s if s is not None else d for s, d in zip(shape[:-1], x.shape[1:]))
-
-    def run(batch):
-        return model.predict(batch, batch_size=batch_size, verbose=0)
-
-    def whole(volume):
-        if volume.shape[:-1] == patch:
-            return run(volume[None])[0]
-        return inference.sliding_window(run, volume, patch, overlap=overlap,
-                                        batch_size=batch_size)
-
-    encoded = encode(x, encoding)
-    windows = "" if x.shape[1:] == patch else f", sliding {patch} windows"
-    prob = np.stack([inference.symmetric_mean(whole, v, mode=tta) for v in encoded])[..., 0]
-    region = prob > threshold
-    if keep_largest:
-        region = np.stack([inference.keep_largest_component(r) for r in region])
-    if min_size:
-        region = np.stack([inference.remove_small_components(r, min_size) for r in region])
-    region = region.astype(np.int8)
-    prob = prob.astype(np.float32)
+    if not preprocessing or preprocessing["intensity"] == "labels":
+        encoding = "onehot" if shape[-1] == N_LABELS else "scaled"
+        encoded = encode(x, encoding)
+    if encoded.shape[-1] != shape[-1]:
+        raise UsageError(f"--input {input_path}: {encoded.shape[-1]} input channel(s) after "
+                         f"preprocessing; the model {model_path} takes {shape[-1]}.")
+    grid = (size,) * 3 if size else spatial  # what the model sees
+    patch = tuple(s if s is not None else d for s, d in zip(shape[:-1], grid))
+    windows = "" if grid == patch else f", sliding {patch} windows"
+    prob = probabilities(model, encoded, spacing, tta=tta, overlap=overlap,
+                         batch_size=batch_size, resample=size)
+    region = regions(prob, threshold, keep_largest=keep_largest, min_size=min_size)
     region_name, prob_name = output_names(input_path)
     os.makedirs(out, exist_ok=True)
     if meta is None:

@@ -55,7 +55,7 @@ RESUME_DIR = ".resume"
 # Settings that may change between a run and its resumption without changing
 # what is computed.
 # `backend` and `pos_weight` are recorded beside the settings, not settings
-_RESUMABLE_CHANGES = ("distribute", "verbose", "backend", "pos_weight")
+_RESUMABLE_CHANGES = ("distribute", "verbose", "backend", "pos_weight", "preprocessing")
 
 
 @dataclasses.dataclass
@@ -69,6 +69,13 @@ class TrainConfig:
     at its resolution (`keras_seglosses.DeepSupervision`, weights 1, 1/2,
     1/4); `model.keras` keeps all outputs, and `predict` and `evaluate` use
     the full-resolution one.
+    On a folder of cases (`experiment` "case" or "rater", `FolderData`)
+    `folds`, `patch_size`, `intensity` (default "ct"), `window`, `resample`
+    and `spacing` choose the split and the input pipeline
+    (`cm_dataset.patches`); the CM files ignore them. What a prediction
+    must repeat (intensity mode and window, encoding, channels, patch or
+    resampled size) is written to `config.json` as `preprocessing`, where
+    `cmseg predict` and `cmseg evaluate` read it back.
     `lr_schedule="plateau"` is the paper's (`ReduceLROnPlateau` with
     `lr_factor` and `lr_patience`); `"cosine"` instead decays the learning
     rate from `lr` towards 0 over `epochs` (`cosine_learning_rate`), for
@@ -102,6 +109,12 @@ class TrainConfig:
     deterministic: bool = False
     target: str = "each"
     deep_supervision: bool = False
+    folds: int | None = None
+    patch_size: int = 64
+    intensity: str | None = None
+    window: list | None = None
+    resample: int | None = None
+    spacing: list | None = None
     verbose: str = "auto"
 
     def to_json(self):
@@ -327,16 +340,162 @@ def _distribution(config):
     )
 
 
-def _load_data(path):
+class FolderData:
+    """A folder of cases (`cm_dataset.folder`) and one fold of it: what
+    `train` needs of a data set besides the CM files.
+
+    Attributes:
+        cases: the folder's `Case` objects (lazy: arrays read on use).
+        split: the fold's `cm_dataset.splits.FolderSplit` (`None` before
+            `set_fold`).
+        preprocessing: dict, what a prediction repeats: `intensity`,
+            `window`, `input_encoding`, `channels` (of the image files),
+            `input_channels` (of the model), `patch_size`, `resample`.
+    """
+
+    def __init__(self, config):
+        import cm_dataset
+        from cm_dataset import patches
+
+        try:
+            self.cases = cm_dataset.load_folder(config.data, spacing=config.spacing, lazy=True)
+        except cm_dataset.DataError as e:
+            raise UsageError(f"--data {config.data}: {e}") from None
+        channels = {c.channels for c in self.cases}
+        if len(channels) > 1:
+            counts = ", ".join(f"{c.name}: {c.channels}" for c in self.cases)
+            raise UsageError(f"--data {config.data}: the cases' images have different numbers "
+                             f"of channels ({counts}). Expected the same in every case.")
+        self.channels = channels.pop()
+        intensity = config.intensity or "ct"
+        try:
+            self.input_channels = patches.input_channels(self.channels, intensity,
+                                                         config.input_encoding)
+        except ValueError as e:
+            raise UsageError(f"--intensity {intensity}: {e}") from None
+        if intensity == "labels":
+            # label maps are checked up front: the pipeline would only fail
+            # once training had started and the run directory was written
+            for case in self.cases:
+                try:
+                    patches.normalize(case.image, "labels", input_encoding=config.input_encoding)
+                except ValueError as e:
+                    raise UsageError(f"--intensity labels: {case.image_files[0]}: {e}") \
+                        from None
+                finally:
+                    case.release()
+        size = config.resample or config.patch_size
+        if config.resample and config.patch_size > config.resample:
+            size = config.resample
+        self.size = size
+        self.preprocessing = {
+            "intensity": intensity,
+            "window": list(config.window or patches.CT_WINDOW) if intensity == "ct" else None,
+            "input_encoding": config.input_encoding,
+            "channels": self.channels,
+            "input_channels": self.input_channels,
+            "patch_size": size,
+            "resample": config.resample,
+        }
+        self.split = None
+
+    def n_folds(self, config):
+        from cm_dataset import splits
+
+        try:
+            return splits.folder_n_folds(config.experiment, self.cases, config.folds)
+        except ValueError as e:
+            raise UsageError(f"--folds {config.folds}: {e}") from None
+
+    def set_fold(self, config):
+        from cm_dataset import splits
+
+        folds = self.n_folds(config)
+        if config.fold not in range(1, folds + 1):
+            raise UsageError(
+                f"Invalid value for --fold. Expected one of 1..{folds} or all (experiment "
+                f"{config.experiment!r} on {len(self.cases)} cases and "
+                f"{len(splits.folder_raters(self.cases))} raters). Received: --fold {config.fold}")
+        try:
+            self.split = splits.folder_split(config.experiment, config.fold, self.cases,
+                                             folds=config.folds,
+                                             validation_fraction=config.validation_fraction)
+        except ValueError as e:
+            raise UsageError(f"--experiment {config.experiment} --fold {config.fold}: {e}") \
+                from None
+
+    def by_name(self, subset):
+        cases = {c.name: c for c in self.cases}
+        return [cases[name] for name, _ in subset], self.split.raters_of(subset)
+
+    def training_foreground(self):
+        """(foreground voxels, all voxels) of the training annotations, one
+        case in memory at a time."""
+        fg = total = 0
+        cases, raters = self.by_name(self.split.train)
+        for case in cases:
+            stack = case.annotation_stack(raters[case.name])
+            fg += int(np.count_nonzero(stack))
+            total += stack.size
+            case.release()
+        return fg, total
+
+    def datasets(self, config, targets, initial_epoch=0):
+        """`(train, val, steps_per_epoch)` of patches (`cm_dataset.patches`)."""
+        from cm_dataset import patches
+
+        common = dict(patch_size=self.size, batch_size=config.batch_size, seed=config.seed,
+                      targets=targets, label=config.target,
+                      intensity=self.preprocessing["intensity"],
+                      window=self.preprocessing["window"], input_encoding=config.input_encoding,
+                      resample=config.resample)
+        cases, raters = self.by_name(self.split.train)
+        per_pass = sum(len(r) for r in raters.values()) if config.target == "each" \
+            else len(cases)
+        steps = config.steps_per_epoch or max(1, per_pass // config.batch_size)
+        try:
+            train = patches.make_patch_dataset(
+                cases, raters, subset="train", augment=config.augment is not None,
+                samples_per_epoch=steps * config.batch_size, **common)
+            val_cases, val_raters = self.by_name(self.split.val)
+            n_val = (config.validation_steps or 0) * config.batch_size or None
+            val = patches.make_patch_dataset(val_cases, val_raters, subset="val",
+                                             augment=False, samples_per_epoch=n_val, **common)
+        except ValueError as e:
+            raise UsageError(f"--data {config.data}: {e}") from None
+        train = train.repeat()
+        if initial_epoch:
+            train = train.skip(initial_epoch * steps)
+        return train, val, steps
+
+
+def _load_data(config):
     import cm_dataset
 
+    if config.experiment in registry.FOLDER_EXPERIMENTS:
+        return FolderData(config)
     try:
-        return cm_dataset.load(path)
+        return cm_dataset.load(config.data)
     except ValueError as e:
-        raise UsageError(f"--data {path}: {e}") from None
+        raise UsageError(f"--data {config.data}: {e}") from None
+
+
+def data_folds(config):
+    """The folds of `config.experiment` on `config.data` (reads the data)."""
+    data = _load_data(config)
+    if isinstance(data, FolderData):
+        return tuple(range(1, data.n_folds(config) + 1))
+    return registry.valid_folds(config.experiment, data.n_bones, data.n_surgeons)
 
 
 def _check_fold(config, data):
+    if isinstance(data, FolderData):
+        return data.set_fold(config)
+    if config.experiment not in registry.EXPERIMENTS:
+        raise UsageError(
+            f"Invalid value for --experiment. Expected one of "
+            f"{', '.join(registry.EXPERIMENTS + registry.FOLDER_EXPERIMENTS)}. "
+            f"Received: --experiment {config.experiment}")
     folds = registry.valid_folds(config.experiment, data.n_bones, data.n_surgeons)
     if config.fold not in folds:
         raise UsageError(
@@ -373,6 +532,8 @@ def _datasets(data, config, targets, initial_epoch=0):
     """
     import cm_dataset
 
+    if isinstance(data, FolderData):
+        return data.datasets(config, targets, initial_epoch)
     common = dict(
         batch_size=config.batch_size,
         seed=config.seed,
@@ -413,10 +574,13 @@ def _datasets(data, config, targets, initial_epoch=0):
     return train, val, steps
 
 
-def _build_model(config, size):
+def _build_model(config, data):
     import models3d
 
-    channels = 14 if config.input_encoding == "onehot" else 1
+    if isinstance(data, FolderData):
+        size, channels = data.size, data.input_channels
+    else:
+        size, channels = data.size, 14 if config.input_encoding == "onehot" else 1
     kwargs = dict(
         input_shape=(size, size, size, channels),
         n_labels=1,
@@ -480,7 +644,7 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
     if config.target != "each" and targets == "legacy":
         raise UsageError("--target: the legacy target encodes each surgery; use --target each "
                          f"with --loss {config.loss}.")
-    data = _load_data(config.data)
+    data = _load_data(config)
     _check_fold(config, data)
     config_path = os.path.join(out, CONFIG)
     if not overwrite and os.path.isfile(config_path):
@@ -524,12 +688,20 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
     if registry.takes_pos_weight(config.loss) and "pos_weight" not in config.loss_config:
         from keras_seglosses import pos_weight_from_labels
 
-        pos_weight = pos_weight_from_labels(_training_labels(data, config))
+        if isinstance(data, FolderData):
+            fg, total = data.training_foreground()
+            if not fg:
+                raise UsageError(f"--loss {config.loss}: the training annotations of fold "
+                                 f"{config.fold} have no foreground voxel, so the class weight "
+                                 "is undefined. Pass --loss-config '{\"pos_weight\": W}'.")
+            pos_weight = (total - fg) / fg
+        else:
+            pos_weight = pos_weight_from_labels(_training_labels(data, config))
     model = None
     if not epoch:
         with scope:
             try:
-                model = _build_model(config, data.size)
+                model = _build_model(config, data)
             except ValueError as e:  # settings the architecture refuses
                 raise UsageError(f"--model {config.model}: {e}") from None
             loss = registry.make_loss(config.loss, config.loss_config, pos_weight=pos_weight)
@@ -546,8 +718,10 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
         _clear_run(out)
     os.makedirs(out, exist_ok=True)
     _remove_stale_temporaries(out)
-    _io.write_json(config_path, {**config.to_json(), "backend": keras.backend.backend(),
-                                 "pos_weight": pos_weight})
+    recorded = {**config.to_json(), "backend": keras.backend.backend(), "pos_weight": pos_weight}
+    if isinstance(data, FolderData):
+        recorded["preprocessing"] = data.preprocessing
+    _io.write_json(config_path, recorded)
     if config.distribute:
         engine = "DataParallel" if keras.backend.backend() == "jax" else "MirroredStrategy"
         log(f"{out}: {engine} over {n_devices} devices")

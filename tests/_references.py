@@ -155,6 +155,28 @@ def perturb_ignored(rng, mask, *arrays):
     return out
 
 
+def np_masked_dice(y, p, mask, smooth=1.0, batch=False):
+    """Dice loss [000, Eq. 2] of independent channels, each over its own
+    counted entries (`mask > 0.5`, per voxel and channel): per sample (or
+    pooled over the batch) and channel `1 - (2 sum m y p + s) / (sum m y +
+    sum m p + s)`, the mean over channels, one value per sample."""
+    m = (np.asarray(mask) > 0.5).astype(np.float64)
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    per_class = 1 - (2 * sums(m * y * p, batch) + smooth) / (
+        sums(m * y, batch) + sums(m * p, batch) + smooth)
+    return class_mean(per_class, len(y), batch)
+
+
+def np_masked_bce(y, p, mask, eps=1e-7):
+    """Binary cross entropy of independent channels averaged over the
+    counted (voxel, channel) entries of each sample (`mask > 0.5`)."""
+    m = (np.asarray(mask) > 0.5).astype(np.float64)
+    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    ce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    n = len(y)
+    return (m * ce).reshape(n, -1).sum(1) / m.reshape(n, -1).sum(1)
+
+
 # ------------------------------------------------------- distances and maps
 
 
@@ -242,3 +264,77 @@ def np_encode_input(x, encoding):
     if encoding == "scaled":
         return (x.astype(np.float32) / np.float32(6.5) - np.float32(1.0))[..., None]
     return np.eye(14, dtype=np.float32)[x.astype(np.int64)]
+
+
+# A folder of multi-annotator cases for the bring-your-own-data tests:
+# odd sizes, anisotropic spacing, 2-3 raters, NIfTI and NRRD side by side.
+FOLDER_SPACING = (0.8, 0.8, 2.0)
+FOLDER_SHAPES = ((37, 29, 23), (33, 35, 21), (41, 27, 25))
+
+
+def ball_case(shape, spacing=FOLDER_SPACING, radius=6.0, n_raters=2, low=-200.0,
+              high=1500.0):
+    """A CT-like image (a bright ball of `radius + 2` mm in HU) and
+    `n_raters` nested ball annotations of radius `radius + k` mm (uint8)."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    r = np.linalg.norm((grid - (np.array(shape) - 1) / 2.0) * np.asarray(spacing), axis=-1)
+    image = np.where(r < radius + 2, high, low).astype(np.float32)
+    return image, [(r < radius + k).astype(np.uint8) for k in range(n_raters)]
+
+
+def write_case_folder(root, shapes=FOLDER_SHAPES, spacing=FOLDER_SPACING, raters=(2, 3, 3)):
+    """Write `root/caseNN/image.{nii.gz,nrrd}` and `annotation-rK` files
+    (case 2 as NRRD in LPS, the others NIfTI); returns {case: (image,
+    annotations)} as written."""
+    import os
+
+    import nibabel
+    import nrrd
+
+    written = {}
+    for i, (shape, k) in enumerate(zip(shapes, raters)):
+        name = f"case{i + 1:02d}"
+        d = os.path.join(root, name)
+        os.makedirs(d, exist_ok=True)
+        image, masks = ball_case(shape, spacing, n_raters=k)
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, 3] = (-10.0, 5.0, 30.0)
+        nrrd_header = {"space": "left-posterior-superior",
+                       "space directions": np.diag(spacing), "space origin": [10.0, -5.0, 30.0]}
+
+        def save(stem, array):
+            if i == 1:
+                nrrd.write(os.path.join(d, stem + ".nrrd"), array, dict(nrrd_header))
+            else:
+                nibabel.save(nibabel.Nifti1Image(array, affine), os.path.join(d, stem + ".nii.gz"))
+
+        save("image", image)
+        for r, m in enumerate(masks):
+            save(f"annotation-r{r + 1}", m)
+        written[name] = (image, masks)
+    return written
+
+
+CT_PREPROCESSING = {"intensity": "ct", "window": [-1000.0, 2000.0], "input_encoding": "scaled",
+                    "channels": 1, "input_channels": 1, "patch_size": 8, "resample": None}
+
+
+def write_affine_run(rundir, preprocessing, scale=0.5, shift=0.5, patch=8, config=None):
+    """A run directory whose model maps its input x to `scale * x + shift`
+    voxel by voxel (a 1x1x1 convolution: sliding windows and flips leave it
+    exact), with the `preprocessing` (and the other `config` entries) its
+    config.json records; returns the model's path."""
+    import json
+    import os
+
+    import keras
+
+    inputs = keras.Input((patch, patch, patch, preprocessing["input_channels"]))
+    conv = keras.layers.Conv3D(1, 1, kernel_initializer=keras.initializers.Constant(scale),
+                               bias_initializer=keras.initializers.Constant(shift))
+    os.makedirs(rundir, exist_ok=True)
+    path = os.path.join(rundir, "model.keras")
+    keras.Model(inputs, conv(inputs)).save(path)
+    with open(os.path.join(rundir, "config.json"), "w") as f:
+        json.dump({**(config or {}), "preprocessing": preprocessing}, f)
+    return path

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from _references import np_rpmap
 
-from cm_dataset import CMData, generate, get_split, leave_one_bone_out, leave_one_surgeon_out
+from cm_dataset import (
+    CMData,
+    generate,
+    get_split,
+    leave_one_bone_out,
+    leave_one_surgeon_out,
+    splits,
+)
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +138,89 @@ def test_invalid_sizes(make, kwargs, name):
     # One surgeon (Exp. 1) or one bone (Exp. 2) is a valid, if small, data set.
     assert len(leave_one_bone_out(1, n_bones=2, n_surgeons=1).test) == 1
     assert len(leave_one_surgeon_out(1, n_bones=1, n_surgeons=2).test) == 1
+
+
+# Folder splits: case names and rater ids as a user's folder has them (a
+# case may lack a rater; ids in natural order, "r10" after "r2").
+FOLDER = [("c01", ("r1", "r2", "r10")), ("c02", ("r1", "r2")), ("c03", ("r2", "r10")),
+          ("c04", ("r1",)), ("c05", ("r1", "r2", "r10"))]
+
+
+def _all_pairs(subset):
+    return {(c, r) for c, raters in subset for r in raters}
+
+
+@pytest.mark.parametrize("fold", range(1, 6))
+def test_leave_one_case_out(fold):
+    s = splits.folder_split("case", fold, FOLDER, validation_fraction=0.25)
+    held = FOLDER[fold - 1]
+    assert (s.experiment, s.fold, s.n_folds, s.held_out) == ("case", fold, 5, (held[0],))
+    assert s.test == (held,) and s.baseline == ()
+    # 4 training cases, round(0.25 * 4) = 1 validates; nothing lost, nothing shared
+    assert len(s.val) == 1 and len(s.train) == 3
+    assert set(s.train) | set(s.val) == set(FOLDER) - {held}
+    assert not {c for c, _ in s.train} & {c for c, _ in s.val}
+
+
+def test_case_k_fold_partitions_the_cases():
+    folds = [splits.folder_split("case", k, FOLDER, folds=2, validation_fraction=0)
+             for k in (1, 2)]
+    tests = [{c for c, _ in s.test} for s in folds]
+    assert tests[0].isdisjoint(tests[1]) and tests[0] | tests[1] == {c for c, _ in FOLDER}
+    assert sorted(len(t) for t in tests) == [2, 3]
+    for s, t in zip(folds, tests):
+        assert {c for c, _ in s.train} == {c for c, _ in FOLDER} - t
+        assert s.val == ()
+
+
+@pytest.mark.parametrize("fold, held", [(1, "r1"), (2, "r2"), (3, "r10")])
+def test_leave_one_rater_out(fold, held):
+    s = splits.folder_split("rater", fold, FOLDER, validation_fraction=0)
+    assert s.held_out == held and s.n_folds == 3
+    seen = _all_pairs(s.train)
+    expected = {(c, r) for c, raters in FOLDER for r in raters if r != held}
+    assert seen == expected  # every other annotation trains, the held-out rater never
+    # tested: the cases the held-out rater annotated that have a training rater
+    tested = [c for c, raters in FOLDER if held in raters and len(raters) > 1]
+    assert [c for c, _ in s.test] == tested
+    assert s.baseline == tuple((c, held) for c in tested)
+    assert all(held not in raters for _, raters in s.test)
+
+
+def test_rater_split_validation_cases_leave_training():
+    s = splits.folder_split("rater", 2, FOLDER, validation_fraction=0.5)
+    train, val = {c for c, _ in s.train}, {c for c, _ in s.val}
+    assert train.isdisjoint(val) and len(val) == 2  # round(0.5 * 5 training cases) -> 2
+    assert all("r2" not in raters for _, raters in s.train + s.val)
+
+
+def test_single_training_case_validates_on_itself():
+    s = splits.folder_split("case", 1, FOLDER[:2])
+    assert s.train == s.val == (FOLDER[1],)
+
+
+def test_folder_split_is_fixed():
+    a = splits.folder_split("case", 2, FOLDER, folds=2)
+    b = splits.folder_split("case", 2, list(FOLDER), folds=2)
+    assert a == b
+
+
+@pytest.mark.parametrize("args, message", [
+    (("bone", 1, FOLDER), "experiment"),
+    (("case", 6, FOLDER), "fold"),
+    (("rater", 0, FOLDER), "fold"),
+    (("case", 1, FOLDER[:1]), "at least 2 cases"),
+    (("case", 1, []), "at least one case"),
+])
+def test_folder_split_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        splits.folder_split(*args)
+
+
+def test_folder_split_folds_errors():
+    with pytest.raises(ValueError, match="folds"):
+        splits.folder_split("case", 1, FOLDER, folds=6)
+    with pytest.raises(ValueError, match="folds"):
+        splits.folder_split("rater", 1, FOLDER, folds=2)
+    with pytest.raises(ValueError, match="no case with a training rater"):
+        splits.folder_split("rater", 1, [("a", ("r1",)), ("b", ("r1",))])

@@ -169,3 +169,45 @@ def test_check_data_summary_and_exit_codes(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     assert cli.main(["check-data", str(tmp_path), "--spacing", "1", "2"]) == 2
     assert "--spacing: expected 1 or 3 values" in capsys.readouterr().err
+
+
+@pytest.mark.backends
+def test_folder_of_cases_end_to_end(tmp_path, capsys):
+    """A user's folder (odd sizes, anisotropic spacing, NIfTI and NRRD, 2-3
+    raters): check-data, train one step on patches, predict a case in its
+    own format and grid, evaluate in millimetres; the fold commands carry
+    the folder options."""
+    import nrrd
+    import numpy as np
+    from _references import FOLDER_SHAPES, write_case_folder
+
+    data = str(tmp_path / "data")
+    write_case_folder(data)
+    assert cli.main(["check-data", data]) == 0
+    run = str(tmp_path / "run")
+    folder = ["--patch-size", "16", "--window", "-500", "1500", "--folds", "2"]
+    assert cli.main(["train", "--data", data, "--experiment", "case", "--fold", "2",
+                     "--out", run, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size",
+                     "2", "--base-filters", "2", "--depth", "2", *folder]) == 0
+    out = str(tmp_path / "pred")
+    assert cli.main(["predict", "--model", os.path.join(run, "model.keras"), "--input",
+                     os.path.join(data, "case02", "image.nrrd"), "--out", out,
+                     "--keep-largest"]) == 0
+    region, header = nrrd.read(os.path.join(out, "region.nrrd"))
+    assert region.shape == FOLDER_SHAPES[1] and set(np.unique(region)) <= {0, 1}
+    np.testing.assert_allclose(np.abs(np.diag(header["space directions"])), (0.8, 0.8, 2.0))
+    report = str(tmp_path / "report")
+    assert cli.main(["evaluate", "--data", data, "--runs", run, "--out", report,
+                     "--metrics", "dice", "hd95", "--min-size", "5"]) == 0
+    assert os.path.isfile(os.path.join(report, "results.md"))
+    capsys.readouterr()
+    assert cli.main(["train", "--data", data, "--experiment", "case", "--fold", "all",
+                     "--out", str(tmp_path / "sweep"), *folder, "--print-fold-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    parsed = cli.build_parser().parse_args(shlex.split(lines[1])[1:])
+    assert (parsed.fold, parsed.patch_size, parsed.folds) == (2, 16, 2)
+    assert parsed.window == [-500.0, 1500.0]
+    assert cli.main(["train", "--data", data, "--experiment", "rater", "--fold", "4",
+                     "--out", str(tmp_path / "bad")]) == 2
+    assert "Expected one of 1..3" in capsys.readouterr().err

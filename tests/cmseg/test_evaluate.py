@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from _references import np_dice, np_rpd, np_rpmap, np_surface, on_volume
 
+from cmseg import _io
 from cmseg import evaluate as ev
 
 B, S, SIZE = 3, 3, 8
@@ -300,3 +301,68 @@ def test_evaluate_usage_errors_name_the_run(tmp_path, capsys):
                  "--out", str(tmp_path / "rep")]) == 2
     assert f"--data {tmp_path / 'run'}:" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+def _folder_run(root, experiment, fold):
+    """A folder run whose model predicts the ball of the CT image (radius 8
+    mm): 0.967 inside, 0.167 outside after the run's CT scaling."""
+    from _references import CT_PREPROCESSING, write_affine_run
+
+    run = os.path.join(root, f"{experiment}-{fold}")
+    write_affine_run(run, CT_PREPROCESSING, scale=1.0, shift=0.3, patch=16, config=dict(
+        experiment=experiment, fold=fold, model="unet", loss="rpdl", folds=None,
+        validation_fraction=0.1))
+    return run
+
+
+def test_folder_runs_score_cases_in_millimetres(tmp_path):
+    """Case and rater experiments of a folder: Dice, RPD and HD95 (mm, the
+    headers' anisotropic spacing) of each held-out prediction against each
+    reference rater, and the held-out rater's baseline, against numpy and
+    scipy; post-processing flags reach the scored region."""
+    from _references import FOLDER_SPACING, np_surface_metrics, write_case_folder
+
+    written = write_case_folder(str(tmp_path / "data"))
+    runs = [_folder_run(str(tmp_path / "runs"), "case", 1),
+            _folder_run(str(tmp_path / "runs"), "rater", 3)]
+    out = str(tmp_path / "report")
+    ev.evaluate(str(tmp_path / "data"), runs, out, metrics=["dice", "rpd", "hd95"],
+                keep_largest=True, log=lambda _: None)
+    rows = {(r["experiment"], r["model"], r["case"], r["rater"]): r
+            for r in _io.read_csv(os.path.join(out, "cases.csv"))}
+
+    def expect(name, pred, refs):
+        masks = written[name][1]
+        ann = np.stack([masks[int(r[1:]) - 1] for r in refs])
+        m = np_rpmap(ann)
+        for r, g in zip(refs, ann):
+            yield r, volume_dice(g, pred), volume_rpd(g, pred, m), np_surface_metrics(
+                g.astype(bool), pred.astype(bool), FOLDER_SPACING, 1.0)["hd max"]
+
+    checked = 0
+    plan = [("case", "case01", ("r1", "r2"), None), ("rater", "case02", ("r1", "r2"), "r3"),
+            ("rater", "case03", ("r1", "r2"), "r3")]
+    for exp, name, refs, held in plan:
+        image = written[name][0]
+        pred = (image > 0).astype(np.float32)  # the ball the model finds
+        scored = [("unet", pred)] + ([("surgeons", written[name][1][2])] if held else [])
+        for model, p in scored:
+            for r, dice, rpd, hd in expect(name, p, refs):
+                row = rows[(exp, model, name, r)]
+                assert float(row["dice"]) == pytest.approx(dice, abs=1e-5)
+                assert float(row["rpd"]) == pytest.approx(rpd, abs=1e-5)
+                assert float(row["hd95"]) == pytest.approx(hd, abs=1e-4)
+                checked += 1
+    assert checked == 2 + 4 + 4
+    assert {r["row"] for r in _io.read_csv(os.path.join(out, "results.csv"))} >= {
+        "Case case01", "Rater r3", "Rater baseline", "Overall"}
+
+
+def test_folder_evaluate_refuses_runs_of_other_data(tmp_path):
+    from _references import write_case_folder
+
+    write_case_folder(str(tmp_path / "data"))
+    run = _folder_run(str(tmp_path / "runs"), "case", 7)
+    with pytest.raises(ev.UsageError, match="fold"):
+        ev.evaluate(str(tmp_path / "data"), [run], str(tmp_path / "r"), log=lambda _: None)
+    assert not os.path.exists(tmp_path / "r")

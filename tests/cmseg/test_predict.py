@@ -7,7 +7,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from _references import np_encode_input
+from _references import CT_PREPROCESSING, np_encode_input, write_affine_run
 
 from cmseg.cli import main
 from cmseg.predict import encode, load_volumes
@@ -72,7 +72,8 @@ def test_predict_original_h5_single_volume(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "unet_bone1_heatmapdice.h5"),
                  "--input", str(tmp_path / "x.npy"), "--out", str(out)]) == 0
     prob = np.load(out / "probability.npy")
-    want = keras.ops.convert_to_numpy(source(np_encode_input(x[None], "scaled"), training=False))[..., 0]
+    want = keras.ops.convert_to_numpy(
+        source(np_encode_input(x[None], "scaled"), training=False))[..., 0]
     np.testing.assert_allclose(prob, want, atol=1e-5)
     assert _png(out / "slices.png")
     # The wrong architecture for the file: a usage error naming the file.
@@ -284,3 +285,99 @@ def test_missing_nibabel_names_the_extra(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "No module named 'nibabel'" in err and 'pip install "keras-seglosses[' in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["region.nii.gz", "probability.npy", "probability.nrrd"])
+def test_output_over_the_input_is_refused(tmp_path, capsys, name):
+    """`--out` the input's own folder, the input named like an output: a
+    usage error naming both paths, before anything is written (also when
+    the folder is spelled another way)."""
+    model_path = str(tmp_path / "m.keras")
+    _model().save(model_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    source = data / name
+    x = np.zeros((SIZE,) * 3, np.int16)
+    if name.endswith(".npy"):
+        np.save(source, x)
+    else:
+        _write_input(source, x, _grid_affine())
+    before = source.read_bytes()
+    (tmp_path / "link").symlink_to(data)
+    for out in (data, f"{data}/./", tmp_path / "link"):
+        assert main(["predict", "--model", model_path, "--input", str(source),
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: " in err and f"--input {source}" in err, err
+        assert os.path.join(str(out), name) in err, err
+        assert os.listdir(data) == [name] and source.read_bytes() == before
+    # Another folder, or another name in the same folder, is fine.
+    assert main(["predict", "--model", model_path, "--input", str(source),
+                 "--out", str(tmp_path / "o")]) == 0
+    os.rename(source, data / f"bone{name[name.index('.'):]}")
+    assert main(["predict", "--model", model_path, "--input",
+                 str(data / f"bone{name[name.index('.'):]}"), "--out", str(data)]) == 0
+
+
+CT = CT_PREPROCESSING
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])
+def test_predict_normalizes_an_image_as_its_run_recorded(tmp_path, ext):
+    """CT clipped to the run's window and scaled to [-1, 1], predicted by
+    sliding windows on the image's own (odd, anisotropic) grid, written with
+    its geometry."""
+    from _references import FOLDER_SPACING, write_case_folder
+
+    from cm_dataset.folder import read_volume
+
+    written = write_case_folder(str(tmp_path / "data"))
+    case = "case02" if ext == ".nrrd" else "case01"
+    image = written[case][0]
+    model = write_affine_run(str(tmp_path / "run"), CT, patch=16)
+    out = tmp_path / "out"
+    src = str(tmp_path / "data" / case / f"image{ext}")
+    assert main(["predict", "--model", model, "--input", src, "--out", str(out),
+                 "--tta", "flips", "--batch-size", "8"]) == 0
+    prob, spacing, _, _ = read_volume(str(out / f"probability{ext}"))
+    x = 2 * (np.clip(image, -1000, 2000) + 1000) / 3000 - 1
+    np.testing.assert_allclose(prob, 0.5 * x + 0.5, atol=1e-5)
+    np.testing.assert_allclose(spacing, FOLDER_SPACING, rtol=1e-6)
+    region, _, _, _ = read_volume(str(out / f"region{ext}"))
+    np.testing.assert_array_equal(region, prob > 0.5)
+
+
+@pytest.mark.backends
+def test_predict_mr_and_resampled_run(tmp_path):
+    """MR z-scored over its nonzero voxels; a run trained with --resample 8
+    predicts on the image resized to 8^3 and resizes the probability back
+    (both linear, scipy's zoom as the reference)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    image = np.zeros((13, 11, 9), np.float32)
+    image[2:11, 2:9, 1:8] = rng.normal(300, 40, (9, 7, 7))
+    np.save(tmp_path / "mr.npy", image)
+    pre = {**CT, "intensity": "mr", "window": None, "resample": 8}
+    model = write_affine_run(str(tmp_path / "run"), pre, scale=0.1, shift=0.5)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", model, "--input", str(tmp_path / "mr.npy"),
+                 "--out", str(out)]) == 0
+    fg = image != 0
+    z = np.where(fg, (image - image[fg].mean()) / image[fg].std(), 0)
+
+    def zoom(v, shape):
+        return ndimage.zoom(v, [t / s for t, s in zip(shape, v.shape)], order=1,
+                            mode="nearest", grid_mode=True)
+
+    want = zoom(0.1 * zoom(z, (8, 8, 8)) + 0.5, image.shape)
+    np.testing.assert_allclose(np.load(out / "probability.npy")[0], want, atol=1e-4)
+
+
+def test_predict_refuses_an_image_of_other_channels(tmp_path, capsys):
+    model = write_affine_run(str(tmp_path / "run"), {**CT, "channels": 2, "input_channels": 2})
+    np.save(tmp_path / "one.npy", np.zeros((9, 9, 9), np.float32))
+    assert main(["predict", "--model", model, "--input", str(tmp_path / "one.npy"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "2 channel(s)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")

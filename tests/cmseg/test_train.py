@@ -473,3 +473,79 @@ def test_deep_supervision_trains_isensee_and_predicts_full_resolution(data_dir, 
         tr.train(tiny(data_dir, deep_supervision=True), str(tmp_path / "unet"),
                  log=lambda _: None)
     assert not os.path.exists(tmp_path / "unet")
+
+
+# A folder of cases (`--experiment case|rater`): patches of any-size cases.
+@pytest.fixture(scope="module")
+def folder_dir(tmp_path_factory):
+    from _references import write_case_folder
+
+    path = tmp_path_factory.mktemp("folder")
+    write_case_folder(str(path))
+    return str(path)
+
+
+def folder_run(folder_dir, **kw):
+    return tiny(folder_dir, **{"experiment": "case", "patch_size": 16, **kw})
+
+
+@pytest.mark.backends
+def test_folder_run_records_its_preprocessing_and_resumes_exactly(folder_dir, tmp_path,
+                                                                  monkeypatch):
+    reference = str(tmp_path / "reference")
+    config = folder_run(folder_dir, experiment="rater", fold=3, epochs=3, window=[-500, 1000])
+    assert tr.train(config, reference, log=lambda _: None) == "trained"
+    saved = _io.read_json(os.path.join(reference, tr.CONFIG))
+    assert saved["preprocessing"] == {
+        "intensity": "ct", "window": [-500, 1000], "input_encoding": "scaled", "channels": 1,
+        "input_channels": 1, "patch_size": 16, "resample": None}
+    import keras_seglosses  # noqa: F401  (registered classes)
+
+    model = keras.models.load_model(os.path.join(reference, tr.MODEL), compile=False)
+    assert tuple(model.input_shape) == (None, 16, 16, 16, 1)
+    # killed in epoch 3, the same call resumes it and ends where the uninterrupted run did
+    run = str(tmp_path / "run")
+    with pytest.raises(Killed):
+        tr.train(config, run, callbacks=_kill_at("training", monkeypatch), log=lambda _: None)
+    monkeypatch.undo()
+    assert tr.train(config, run, log=lambda _: None) == "resumed"
+    _assert_same_run(run, reference)
+    assert tr.train(config, run, log=lambda _: None) == "finished"
+
+
+def test_folder_wcel_weight_comes_from_the_training_raters(folder_dir, tmp_path):
+    from _references import write_case_folder
+
+    from cm_dataset import splits
+
+    run = str(tmp_path / "run")
+    config = folder_run(folder_dir, loss="wcel", fold=2, epochs=1)
+    assert tr.train(config, run, log=lambda _: None) == "trained"
+    written = write_case_folder(str(tmp_path / "copy"))
+    split = splits.folder_split("case", 2, [(n, tuple(f"r{i + 1}" for i in range(len(m))))
+                                            for n, (_, m) in written.items()])
+    labels = np.concatenate([np.stack(written[n][1])[[int(r[1:]) - 1 for r in raters]].ravel()
+                             for n, raters in split.train])
+    fg = labels.sum()
+    assert _io.read_json(os.path.join(run, tr.CONFIG))["pos_weight"] == pytest.approx(
+        (labels.size - fg) / fg)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(fold=4), r"Expected one of 1\.\.3"),
+    (dict(experiment="rater", fold=4), r"Expected one of 1\.\.3"),
+    (dict(folds=5), "folds"),
+    (dict(intensity="labels"), "labels"),
+    (dict(experiment="bone"), "--data"),
+])
+def test_folder_run_refusals_write_nothing(folder_dir, tmp_path, kw, message):
+    run = str(tmp_path / "run")
+    with pytest.raises(tr.UsageError, match=message):
+        tr.train(folder_run(folder_dir, **kw), run, log=lambda _: None)
+    assert not os.path.exists(run)
+
+
+def test_folder_folds(folder_dir):
+    assert tr.data_folds(folder_run(folder_dir)) == (1, 2, 3)
+    assert tr.data_folds(folder_run(folder_dir, folds=2)) == (1, 2)
+    assert tr.data_folds(folder_run(folder_dir, experiment="rater")) == (1, 2, 3)
