@@ -711,8 +711,8 @@ def read_volume(path, spacing=None):
         `(array, spacing, affine, meta)`: the voxels in the stored dtype
         (NIfTI scaling applied), `(X, Y, Z)` or `(X, Y, Z, C)`; the spacing
         tuple in mm; the 4 x 4 RAS affine; a dict with `format` (`"nifti"`,
-        `"nrrd"`, `"npy"`), `path`, `shape` (spatial) and `header`, which
-        `write_volume(..., like=meta)` uses.
+        `"nrrd"`, `"npy"`), `path`, `shape` (spatial), `spacing` and
+        `header`, which `write_volume(..., like=meta)` uses.
 
     Raises:
         DataError: (a `ValueError`) naming the file: missing, unsupported,
@@ -725,7 +725,7 @@ def read_volume(path, spacing=None):
 
 def _meta(probe):
     return {"format": probe.format, "path": probe.path, "shape": probe.shape,
-            "header": probe.header, "_probe": probe}
+            "spacing": _spacing_of(probe.affine), "header": probe.header, "_probe": probe}
 
 
 def _reference(like):

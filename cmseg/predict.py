@@ -436,8 +436,7 @@ def predict(model_path, input_path, out, architecture="unet", batch_size=2, thre
     else:
         x, meta = load_input(input_path)
         if meta is not None:
-            spacing = tuple(float(v) for v in np.linalg.norm(meta["_probe"].affine[:3, :3],
-                                                             axis=0))
+            spacing = meta["spacing"]
     spatial = x.shape[1:]
     size = (preprocessing or {}).get("resample")
     cubic = len(set(spatial)) == 1

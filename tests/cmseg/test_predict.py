@@ -381,3 +381,35 @@ def test_predict_refuses_an_image_of_other_channels(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     assert "2 channel(s)" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("spacing, n_symmetries", [((1.0, 1.0, 2.0), 16), ((1.2,) * 3, 48)])
+def test_tta_all_permutes_only_axes_of_equal_spacing(tmp_path, spacing, n_symmetries):
+    """`--tta all` on a NIfTI label volume: the mean, over the cube's
+    symmetries whose axis permutation keeps the header's spacing, of the
+    model on the transformed volume mapped back (`cm_dataset.augment` as
+    the independent reference); a model without symmetry tells them apart."""
+    import nibabel as nib
+
+    from cm_dataset import augment
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((SIZE, SIZE, SIZE, 1))
+    outputs = keras.layers.Conv3D(1, 3, padding="same", activation="sigmoid")(inputs)
+    model = keras.Model(inputs, outputs)
+    model_path = str(tmp_path / "m.keras")
+    model.save(model_path)
+    x = np.random.default_rng(5).integers(0, 14, (SIZE,) * 3).astype(np.int16)
+    nib.save(nib.Nifti1Image(x, np.diag([*spacing, 1.0])), str(tmp_path / "x.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["predict", "--model", model_path, "--input", str(tmp_path / "x.nii.gz"),
+                 "--out", str(out), "--tta", "all"]) == 0
+    prob = np.asarray(nib.load(str(out / "probability.nii.gz")).dataobj)
+    encoded = np_encode_input(x[None], "scaled")[0]
+    kept = [k for k, (perm, _) in enumerate(augment.SYMMETRIES)
+            if all(spacing[a] == spacing[b] for a, b in enumerate(perm))]
+    assert len(kept) == n_symmetries
+    outs = [augment.apply(keras.ops.convert_to_numpy(
+        model(augment.apply(encoded, k)[None].copy(), training=False))[0], augment.inverse(k))
+        for k in kept]
+    np.testing.assert_allclose(prob, np.mean(outs, axis=0)[..., 0], atol=1e-5)
