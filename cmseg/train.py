@@ -367,6 +367,11 @@ class FolderData:
             raise UsageError(f"--data {config.data}: the cases' images have different numbers "
                              f"of channels ({counts}). Expected the same in every case.")
         self.channels = channels.pop()
+        if config.augment not in ("random", None):
+            raise UsageError(
+                f"Invalid value for --augment. Expected random or none for a folder of cases "
+                f"(a random symmetry the spacing allows per patch; {config.augment} enumerates "
+                f"the CM cubes' symmetries). Received: --augment {config.augment}")
         intensity = config.intensity or "ct"
         try:
             self.input_channels = patches.input_channels(self.channels, intensity,
@@ -441,7 +446,12 @@ class FolderData:
         return fg, total
 
     def datasets(self, config, targets, initial_epoch=0):
-        """`(train, val, steps_per_epoch)` of patches (`cm_dataset.patches`)."""
+        """`(train, val, steps_per_epoch, validation samples)` of patches
+        (`cm_dataset.patches`): one training epoch is `steps_per_epoch`
+        batches (default: one sample per training (case, rater) pair, or
+        per case for a consensus target); validation is one fixed patch per
+        pair (or case) of the validation cases, or `validation_steps`
+        batches of fixed patches."""
         from cm_dataset import patches
 
         common = dict(patch_size=self.size, batch_size=config.batch_size, seed=config.seed,
@@ -466,7 +476,9 @@ class FolderData:
         train = train.repeat()
         if initial_epoch:
             train = train.skip(initial_epoch * steps)
-        return train, val, steps
+        n_val = n_val or (sum(len(r) for r in val_raters.values()) if config.target == "each"
+                          else len(val_cases))
+        return train, val, steps, n_val
 
 
 def _load_data(config):
@@ -530,10 +542,25 @@ def _datasets(data, config, targets, initial_epoch=0):
     Returns:
         `(train, val, steps_per_epoch)`.
     """
+    if isinstance(data, FolderData):
+        train, val, steps, n_val = data.datasets(config, targets, initial_epoch)
+    else:
+        train, val, steps, n_val = _cm_datasets(data, config, targets, initial_epoch)
+    if config.distribute:
+        # Every replica needs a non-empty share of every batch, so the last,
+        # short validation batch is filled up by cycling through the
+        # validation samples again (at most batch_size - 1 repeated samples).
+        n_batches = config.validation_steps or -(-n_val // config.batch_size)
+        val = (val.unbatch().repeat().take(n_batches * config.batch_size)
+               .batch(config.batch_size, drop_remainder=True))
+    elif config.validation_steps:
+        val = val.repeat().take(config.validation_steps)
+    return train, val, steps
+
+
+def _cm_datasets(data, config, targets, initial_epoch):
     import cm_dataset
 
-    if isinstance(data, FolderData):
-        return data.datasets(config, targets, initial_epoch)
     common = dict(
         batch_size=config.batch_size,
         seed=config.seed,
@@ -562,16 +589,7 @@ def _datasets(data, config, targets, initial_epoch=0):
     val = cm_dataset.make_dataset(
         data, experiment, config.fold, subset="val", augment=None, **common
     )
-    if config.distribute:
-        # Every replica needs a non-empty share of every batch, so the last,
-        # short validation batch is filled up by cycling through the
-        # validation pairs again (at most batch_size - 1 repeated samples).
-        n_batches = config.validation_steps or -(-n_val // config.batch_size)
-        val = (val.unbatch().repeat().take(n_batches * config.batch_size)
-               .batch(config.batch_size, drop_remainder=True))
-    elif config.validation_steps:
-        val = val.repeat().take(config.validation_steps)
-    return train, val, steps
+    return train, val, steps, n_val
 
 
 def _build_model(config, data):

@@ -401,14 +401,21 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.backends
-def test_distribute_on_two_virtual_devices(data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["cm", "folder"])
+def test_distribute_on_two_virtual_devices(request, tmp_path, capsys, kind):
     """JAX: DataParallel over 2 XLA host devices; TensorFlow: MirroredStrategy
     over 2 logical CPUs (each in a fresh process, the device count is fixed at
-    start-up); torch: a clear refusal."""
+    start-up); torch: a clear refusal. On the CM files and on a folder of
+    cases (3 validation patches in batches of 2: the short one is filled)."""
     run = str(tmp_path / "run")
-    args = ["train", "--data", data_dir, "--experiment", "surgeon", "--fold", "2",
-            "--out", run, "--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1",
-            "--base-filters", "2", "--depth", "2", "--distribute"]
+    if kind == "cm":
+        data = ["--data", request.getfixturevalue("data_dir"), "--experiment", "surgeon",
+                "--fold", "2"]
+    else:
+        data = ["--data", request.getfixturevalue("folder_dir"), "--experiment", "case",
+                "--fold", "1", "--patch-size", "16"]
+    args = ["train", *data, "--out", run, "--epochs", "1", "--batch-size", "2",
+            "--steps-per-epoch", "1", "--base-filters", "2", "--depth", "2", "--distribute"]
     if BACKEND == "torch":
         from cmseg.cli import main
 
@@ -537,6 +544,7 @@ def test_folder_wcel_weight_comes_from_the_training_raters(folder_dir, tmp_path)
     (dict(folds=5), "folds"),
     (dict(intensity="labels"), "labels"),
     (dict(experiment="bone"), "--data"),
+    (dict(augment="all48"), "random or none"),
 ])
 def test_folder_run_refusals_write_nothing(folder_dir, tmp_path, kw, message):
     run = str(tmp_path / "run")
