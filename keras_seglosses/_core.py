@@ -167,41 +167,72 @@ def split_targets(y_true, y_pred, name):
     return y_true, y_true[..., : y_pred.shape[-1]], y_pred
 
 
-def prepare(y_true, y_pred, from_logits, name, mask_index=None):
-    """Validate, then return `(y_true, labels, probs)`, all float32.
+def prepare(y_true, y_pred, from_logits, name, mask_index=None, return_mask=False):
+    """Validate, then return `(y_true, labels, probs)`, all float32, and
+    with `return_mask` the ignore mask too (`None` without `mask_index`).
 
     `y_true` is the whole packed target, `labels` its first C channels.
     With `mask_index` (see `ignore_mask`) all three are zero at ignored
     voxels, so that every sum over voxels leaves them out and neither their
     labels, maps nor predictions reach the value or the gradient; losses
     that average over voxels divide by the counted voxels instead
-    (`voxel_mean(x, mask=...)`).
+    (`voxel_mean(x, mask=...)`). A softmax (`from_logits` with C > 1)
+    couples the channels of a voxel, so its mask is the per-voxel minimum
+    (`ignore_mask(..., coupled=True)`).
     """
     y_true, labels, y_pred = split_targets(y_true, y_pred, name)
     probs = probabilities(y_pred, from_logits)
-    mask = ignore_mask(y_true, probs.shape[-1], mask_index, name)
-    if mask is None:
-        return y_true, labels, probs
-    return apply_mask(y_true, mask), labels * mask, probs * mask
+    c = probs.shape[-1]
+    mask = ignore_mask(y_true, c, mask_index, name, coupled=softmax_couples(from_logits, c))
+    if mask is not None:
+        y_true, labels, probs = apply_mask(y_true, mask), labels * mask, probs * mask
+    if return_mask:
+        return y_true, labels, probs, mask
+    return y_true, labels, probs
 
 
-def ignore_mask(y_true, n_classes, mask_index, name):
+def softmax_couples(from_logits, n_classes):
+    """Whether `probabilities` applies a softmax, which makes every class
+    entry of a voxel depend on every logit of that voxel."""
+    return bool(from_logits) and n_classes > 1
+
+
+def ignore_mask(y_true, n_classes, mask_index, name, coupled=False):
     """The ignore mask packed at map slot `mask_index` (a voxel counts where
     it is above 0.5 and is ignored elsewhere; MONAI's `MaskedLoss` mask,
     nnU-Net's ignore label) as 0 and 1, float32
     `(batch, *spatial, C)` without gradient, or `None` when `mask_index` is
     `None`. A missing slot raises a `ValueError` that says how to pack it.
 
-    Each channel masks its class; terms that mix the classes of a voxel
-    (softmax cross entropy) count the voxel by its smallest channel
-    (`voxel_weight`).
+    The mask may differ between the channels of a voxel. The rule:
+
+    - Independent channels (a sigmoid per class: probabilities with C > 1
+      given to an overlap loss, cross entropies with `multi_label=True`):
+      each channel masks its own class entry.
+    - Coupled channels (`coupled=True`): a softmax that the loss applies
+      (`from_logits=True` with C > 1), through which a counted class entry
+      would pass gradient to the logit of an ignored one; and per-voxel
+      terms over all classes (categorical cross entropy, TopK's ranking of
+      voxels, the Wasserstein distance between class distributions). A
+      voxel then counts only where every channel counts: the mask becomes
+      its per-voxel minimum (`voxel_weight`) on all C channels. (Raising on
+      a mask that differs between channels is no option: a compiled step
+      cannot test tensor values.)
+
+    Probabilities from a softmax outside the loss (`from_logits=False`,
+    C > 1) are taken as independent channels: give them a mask that is the
+    same in every channel (or give the loss logits), or the model's softmax
+    carries the gradient of counted entries to the logits of ignored ones.
     """
     if mask_index is None:
         return None
     packed = require_map(y_true, n_classes, mask_index, name, "ignore mask", "mask_index")
     # binary, as the metrics' surfaces need: a soft weight would enter twice
     # where a masked input meets a masked mean
-    return ops.stop_gradient(ops.cast(packed > 0.5, "float32"))
+    mask = ops.cast(packed > 0.5, "float32")
+    if coupled and n_classes > 1:
+        mask = ops.repeat(voxel_weight(mask)[..., None], n_classes, axis=-1)
+    return ops.stop_gradient(mask)
 
 
 def apply_mask(x, mask):

@@ -6,7 +6,7 @@ import math
 import keras
 from keras import ops
 
-from keras_seglosses._core import apply_mask, ignore_mask, per_channel, prepare
+from keras_seglosses._core import apply_mask, ignore_mask, per_channel, prepare, voxel_mean
 from keras_seglosses.ops.distance import signed_distance
 
 
@@ -56,11 +56,14 @@ def _sides(y_true, y_pred, from_logits, multi_label, name, mask_index=None):
     then zero at ignored voxels (maps computed from it treat them as
     background), but the sides are not: a background side would turn a
     zeroed voxel into a confident one, so the callers weight each voxel's
-    terms by the mask instead.
+    terms by the mask instead (`_masked_mean`). The mask of sigmoid channels
+    is per channel; that of softmax classes the per-voxel minimum, as their
+    cross entropy sums over the classes of a voxel.
     """
     # without `from_logits`, `prepare` only casts: these are the raw outputs
     y_true, labels, logits = prepare(y_true, y_pred, False, name)
-    mask = ignore_mask(y_true, logits.shape[-1], mask_index, name)
+    sigmoid = multi_label or logits.shape[-1] == 1
+    mask = ignore_mask(y_true, logits.shape[-1], mask_index, name, coupled=not sigmoid)
     if mask is not None:
         y_true, labels = apply_mask(y_true, mask), labels * mask
     return (y_true, *_expand(labels, logits, from_logits, multi_label), mask)
@@ -92,6 +95,17 @@ def _voxel_values(terms, sigmoid):
     if sigmoid:
         return ops.mean(total, axis=-1)
     return ops.sum(total, axis=-1)
+
+
+def _masked_mean(terms, sigmoid, mask):
+    """Per-sample mean of the per-voxel loss of `terms` (`_voxel_values`)
+    over the counted voxels (all without `mask`). Sigmoid channels are
+    independent, so there the mean runs over the counted (voxel, channel)
+    entries, which for a mask that is the same in every channel is the
+    mean over counted voxels of the mean over channels."""
+    if sigmoid and mask is not None:
+        return voxel_mean(terms[0] + terms[1], mask)
+    return voxel_mean(_voxel_values(terms, sigmoid), mask)
 
 
 def _side_weights(weights, sides, sigmoid, name):

@@ -14,7 +14,10 @@ the maps are those of the masked labels and prediction (an ignored voxel is
 background there), and the voxel means run over the counted voxels. MONAI's
 `MaskedLoss` multiplies input and target by the mask as well, but its mean
 still divides by every voxel: its value is this one times the counted
-fraction of the volume.
+fraction of the volume. A mask that differs between the channels of a
+voxel masks each class on its own with probabilities; with logits of several
+channels (a softmax, which couples them) a voxel counts only where every
+channel counts.
 """
 
 from keras import ops
@@ -23,7 +26,6 @@ from keras_seglosses._core import (
     SegLoss,
     check_map_index,
     check_number,
-    ignore_mask,
     per_sample,
     prepare,
     register,
@@ -70,13 +72,13 @@ def boundary(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, g, s = prepare(y_true, y_pred, from_logits, "Boundary", mask_index)
+    y_true, g, s, mask = prepare(y_true, y_pred, from_logits, "Boundary", mask_index,
+                                 return_mask=True)
     c = s.shape[-1]
     phi = packed_or_computed(
         y_true, c, map_index, lambda: signed_distance_map(g, spacing), "Boundary",
         "signed distance map",
     )
-    mask = ignore_mask(y_true, c, mask_index, "Boundary")
     return per_sample(_class_means(phi * s, mask), s, False, include_background)
 
 
@@ -98,7 +100,8 @@ def hausdorff_dt(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, g, s = prepare(y_true, y_pred, from_logits, "HausdorffDT", mask_index)
+    y_true, g, s, mask = prepare(y_true, y_pred, from_logits, "HausdorffDT", mask_index,
+                                 return_mask=True)
     c = s.shape[-1]
     d_g = packed_or_computed(
         y_true, c, map_index, lambda: boundary_distance(g, spacing), "HausdorffDT",
@@ -107,7 +110,6 @@ def hausdorff_dt(
     d_s = boundary_distance(ops.stop_gradient(s), spacing)
     weight = ops.power(d_g, alpha) + ops.power(d_s, alpha)
     # s = g = 0 at ignored voxels: the squared error leaves them out
-    mask = ignore_mask(y_true, c, mask_index, "HausdorffDT")
     per_class = _class_means(ops.square(s - g) * weight, mask)
     value = per_sample(per_class, s, False, include_background)
     return ops.log1p(value) if log else value

@@ -8,6 +8,14 @@ foreground class `s`. The per-voxel cross entropy is the sum over classes for
 softmax and the mean over channels for sigmoid channels, so a single sigmoid
 channel gives the usual binary cross entropy and multi-label predictions
 `keras.losses.binary_crossentropy`.
+
+An ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`) that
+differs between the channels of a voxel: softmax classes are coupled (a
+voxel's cross entropy sums over them, and a softmax of logits ties them
+together), so a voxel counts only where every channel counts; sigmoid
+channels are independent, so the means run over the counted (voxel,
+channel) entries. TopK ranks whole voxels, so with sigmoid channels too a
+voxel is a candidate only where every channel counts.
 """
 
 import math
@@ -21,12 +29,12 @@ from keras_seglosses._core import (
     check_number,
     register,
     spatial_axes,
-    voxel_mean,
     voxel_sum,
     voxel_weight,
 )
 from keras_seglosses.losses._common import (
     _check_weights,
+    _masked_mean,
     _side_weights,
     _sides,
     _voxel_values,
@@ -63,7 +71,7 @@ def cross_entropy(y_true, y_pred, *, from_logits=False, multi_label=False, mask_
     """
     _, sides, sigmoid, mask = _sides(
         y_true, y_pred, from_logits, multi_label, "CrossEntropy", mask_index)
-    return voxel_mean(_voxel_values([-g * log_s for g, _, log_s in sides], sigmoid), mask)
+    return _masked_mean([-g * log_s for g, _, log_s in sides], sigmoid, mask)
 
 
 def weighted_cross_entropy(
@@ -83,7 +91,7 @@ def weighted_cross_entropy(
     )
     weights = _side_weights(class_weights, sides, sigmoid, "class_weights")
     terms = [-w * g * log_s for w, (g, _, log_s) in zip(weights, sides)]
-    return voxel_mean(_voxel_values(terms, sigmoid), mask)
+    return _masked_mean(terms, sigmoid, mask)
 
 
 def _pooled(value, like):
@@ -190,8 +198,9 @@ def top_k(
     the `ceil(k% * voxels)` worst voxels of the batch. Threshold variant: the
     mean of `-log s_i^c` over the (voxel, true class) pairs with
     `s_i^c < threshold`; 0 when there are none. With an ignore mask (slot
-    `mask_index`) only counted voxels are candidates, and the percentage is
-    of the counted voxels.
+    `mask_index`) only counted voxels (every channel counted) are
+    candidates, and the percentage is of the counted voxels; the threshold
+    variant counts the pairs whose channel counts.
 
     Returns:
         Tensor of shape `(batch,)`, the batch value repeated.
@@ -249,7 +258,7 @@ def focal(
             alpha = (1.0 - alpha, alpha)
         weights = _side_weights(alpha, sides, sigmoid, "alpha")
         terms = [w * t for w, t in zip(weights, terms)]
-    return voxel_mean(_voxel_values(terms, sigmoid), mask)
+    return _masked_mean(terms, sigmoid, mask)
 
 
 def dpce_penalty_map(labels, spacing=None):
@@ -304,8 +313,7 @@ def distance_penalized_cross_entropy(
         "DistancePenalizedCrossEntropy", "DPCE penalty map",
     )
     weight = 1.0 + penalty
-    return voxel_mean(
-        _voxel_values([-weight * g * log_s for g, _, log_s in sides], sigmoid), mask)
+    return _masked_mean([-weight * g * log_s for g, _, log_s in sides], sigmoid, mask)
 
 
 # -------------------------------------------------------------------- classes

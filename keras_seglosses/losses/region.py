@@ -11,7 +11,14 @@ generalized Dice family whose weighted sums run over classes by definition.
 Soft overlaps use only three reductions, `sum g s`, `sum g`, `sum s`:
 false positives are `sum s - sum g s`, false negatives `sum g - sum g s`.
 With an ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`)
-every sum runs over the counted voxels only.
+every sum runs over the counted voxels only. A mask may differ between
+channels where they are independent (probabilities, one sigmoid per class):
+each class's sums then run over its own counted voxels. A softmax of logits
+(`from_logits=True`, C > 1) couples the classes of a voxel, so there a voxel
+counts only where every channel counts (the mask's per-voxel minimum), and
+no logit of a partly ignored voxel gets gradient; so does
+`GeneralizedWassersteinDice`, whose distance compares whole class
+distributions.
 """
 
 from keras import ops
@@ -88,12 +95,12 @@ def sensitivity_specificity(
     Returns:
         Tensor of shape `(batch,)`.
     """
-    y_true, g, s = prepare(y_true, y_pred, from_logits, "SensitivitySpecificity", mask_index)
+    _, g, s, mask = prepare(y_true, y_pred, from_logits, "SensitivitySpecificity", mask_index,
+                            return_mask=True)
     err = ops.square(g - s)
     fg = region_sum(err * g, batch) / (region_sum(g, batch) + smooth)
     # the background term is the one that an ignored voxel (g = s = 0) would enter
     not_g = 1.0 - g
-    mask = ignore_mask(y_true, s.shape[-1], mask_index, "SensitivitySpecificity")
     if mask is not None:
         not_g = not_g * mask
     bg = region_sum(err * not_g, batch) / (region_sum(not_g, batch) + smooth)
@@ -299,8 +306,9 @@ def generalized_wasserstein_dice(y_true, y_pred, *, distance_matrix, weighting="
     p = ops.reshape(p, (batch, -1, c))
     w = ops.sum(ops.matmul(g, m) * p, axis=-1)
     if mask is not None:
-        # weight the voxels, not the classes: masking one sigmoid channel
-        # would make its background class certain at an ignored voxel
+        # weight the voxels, not the classes: W_i compares whole class
+        # distributions (the coupled rule of `ignore_mask`), and masking one
+        # sigmoid channel would make its background class certain
         counted = ops.reshape(voxel_weight(mask), (batch, -1))
         g = g * counted[..., None]
         w = w * counted

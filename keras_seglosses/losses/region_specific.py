@@ -6,8 +6,9 @@ Design decisions (also in README):
 
 - Sub-regions are the cells of a regular grid, `grid` cells per spatial axis
   (the paper: 16 x 16 x 16 [003, Sec. 3.2]); the spatial shape must be
-  divisible by the grid. Block sums are one reshape and one reduction: one
-  pass over the voxels whatever the number of cells, no Python loop.
+  divisible by the grid. Block sums are one reshape and one reduction per
+  spatial axis, whatever the number of cells (no loop over cells); after
+  the first axis each runs over a tensor smaller by the cell size.
 - A (sub-region, class) pair whose ground truth holds no voxel of the class
   contributes nothing, as the paper does [003, Sec. 5].
 - Combination of the per-region values, `region_reduction`: `"sum"` is the
@@ -35,7 +36,10 @@ Design decisions (also in README):
   masked, and so is every `1 - g`, `1 - p` term), and a class counts as
   present in a cell by its counted voxels; a cell whose voxels are all
   ignored contributes nothing. As MONAI's `MaskedLoss`, which multiplies
-  input and target by the mask.
+  input and target by the mask. A mask that differs between channels masks
+  each class on its own with probabilities; the softmax of logits (C > 1)
+  couples the classes, so there a voxel counts only where every channel
+  counts.
 """
 
 import numbers
@@ -116,15 +120,18 @@ def block_sums(x, grid):
     """
     spatial = tuple(x.shape[1:-1])
     channels = x.shape[-1]
-    split = []
-    for s, g in zip(spatial, grid):
-        split += [g, s // g]
-    # (batch, g1, b1, g2, b2, ..., C): one reshape, one reduction over the
-    # within-cell axes, instead of a Python loop over cells.
-    x = ops.reshape(x, (-1, *split, channels))
-    x = ops.sum(x, axis=tuple(range(2, 2 * len(grid) + 1, 2)))
+    rest = channels
+    for s in spatial:
+        rest *= s
     n_cells = 1
-    for g in grid:
+    # One axis at a time, as `(cells so far, cell, within the cell, rest)`:
+    # a single `(batch, g1, b1, g2, b2, g3, b3, C)` reshape and sum would do,
+    # but for 3D inputs the gradient of that sum is a broadcast that
+    # TensorFlow's eager kernel refuses ("not supported yet"), which broke
+    # `run_eagerly=True` training.
+    for s, g in zip(spatial, grid):
+        rest //= s
+        x = ops.sum(ops.reshape(x, (-1, g, s // g, rest)), axis=2)
         n_cells *= g
     return ops.reshape(x, (-1, n_cells, channels))
 

@@ -8,7 +8,10 @@ With an ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`)
 the map is that of the masked labels and the mean runs over the counted
 voxels. (MONAI has no region-wise loss; its `MaskedLoss`, which only
 multiplies input and target by the mask, would still divide by every voxel
-and, for one sigmoid channel, keep the `1 - p` of ignored voxels.)
+and, for one sigmoid channel, keep the `1 - p` of ignored voxels.) A mask
+that differs between the channels of a voxel masks each class on its own
+with probabilities; the softmax of logits (C > 1) couples the classes, so
+there a voxel counts only where every channel counts.
 """
 
 from keras import ops
@@ -17,7 +20,6 @@ from keras_seglosses._core import (
     SegLoss,
     check_choice,
     check_map_index,
-    ignore_mask,
     prepare,
     register,
     voxel_mean,
@@ -54,9 +56,9 @@ def region_wise(
         Tensor of shape `(batch,)`.
     """
     check_choice("map", map, set(RW_MAPS))
-    y_true, y, p = prepare(y_true, y_pred, from_logits, "RegionWise", mask_index)
+    y_true, y, p, mask = prepare(y_true, y_pred, from_logits, "RegionWise", mask_index,
+                                 return_mask=True)
     c = p.shape[-1]
-    mask = ignore_mask(y_true, c, mask_index, "RegionWise")
     if c == 1:
         p = ops.concatenate([1.0 - p, p], axis=-1)
         if mask is not None:

@@ -3,6 +3,11 @@ and the released code's single-target variant [000, Eq. 1-4].
 
 Each loss is a pure `keras.ops` function plus a thin registered
 `keras.losses.Loss` class whose `call` delegates to it.
+
+An ignore mask (`mask_index`, see `keras_seglosses._core.ignore_mask`) may
+differ between the channels of a voxel where the channels are independent
+(probabilities); with logits of several channels the loss applies a softmax,
+which couples them, and a voxel counts only where every channel counts.
 """
 
 import keras
@@ -18,6 +23,7 @@ from keras_seglosses._core import (
     prepare,
     probabilities,
     register,
+    softmax_couples,
     split_targets,
     voxel_dot,
     voxel_mean,
@@ -67,7 +73,9 @@ def weighted_binary_crossentropy(
         Tensor of shape `(batch,)`.
     """
     y_true, labels, y_pred = split_targets(y_true, y_pred, "WeightedBinaryCrossentropy")
-    mask = ignore_mask(y_true, y_pred.shape[-1], mask_index, "WeightedBinaryCrossentropy")
+    c = y_pred.shape[-1]
+    mask = ignore_mask(y_true, c, mask_index, "WeightedBinaryCrossentropy",
+                       coupled=softmax_couples(from_logits, c))
     log_p, log_not_p = _log_probabilities(y_pred, from_logits)
     if mask is not None:
         labels = labels * mask

@@ -19,6 +19,9 @@ both skeletons are those of the masked prediction and labels (an ignored
 voxel is background there, so a centreline through an ignored region is
 cut) and every sum runs over the counted voxels. This is exactly MONAI's
 `MaskedLoss(SoftclDiceLoss)`, which multiplies input and target by the mask.
+A mask that differs between channels masks each class on its own with
+probabilities; the softmax of logits (C > 1) couples the classes, so there a
+voxel counts only where every channel counts.
 
 The gradient of max-pooling has no deterministic XLA kernel in TensorFlow
 2.21: with TensorFlow's op determinism on (`cmseg train --deterministic`)

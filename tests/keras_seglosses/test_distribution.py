@@ -7,7 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from _references import numeric_gradient, random_case
+from _references import numeric_gradient, perturb_ignored, random_case, random_ignore_mask
 from scipy import ndimage
 
 import keras_seglosses as ks
@@ -271,6 +271,42 @@ def test_topk_selection_matches_sorting(kind, rng, jit):
         loss = ks.TopK(k=k, from_logits=True)
         value = keras.ops.convert_to_numpy(jit(loss.call)(y, logits))
         np.testing.assert_allclose(value, np_topk_logits(y, logits, k), rtol=1e-5, err_msg=f"k={k}")
+
+
+def np_masked_dpce(y, p, mask, sigmoid):
+    """Eq. 6 over the counted voxels (`mask`, the same in every channel):
+    D of the masked labels (ignored voxels are background), the mean of the
+    per-voxel cross entropy over the counted voxels."""
+    keep = mask[..., 0] > 0.5
+    d = 1.0 + np_dpce_map(y * mask)
+    p = np.clip(p, EPS, 1 - EPS)
+    if sigmoid:
+        v = (-d * (y * np.log(p) + (1 - y) * np.log(1 - p))).mean(-1)
+    else:
+        v = -(d * y * np.log(p)).sum(-1)
+    return np.array([v[b][keep[b]].mean() for b in range(len(y))])
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind", ["sigmoid2d", "softmax3d", "multilabel2d"])
+def test_masked_dpce_matches_equation_over_the_counted_voxels(kind, rng, jit, autodiff):
+    """The computed penalty map of the masked labels, and a mean over the
+    counted voxels, not over all of them."""
+    y, p, logits = make(rng, kind)
+    _, softmax, ml = KINDS[kind]
+    mask = random_ignore_mask(rng, y.shape)
+    target = ks.pack_targets(y, mask)
+    loss = ks.DistancePenalizedCrossEntropy(multi_label=ml, mask_index=0)
+    want = np_masked_dpce(y, p, mask, not softmax)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(jit(loss.call)(target, p)), want,
+                               rtol=1e-5, atol=1e-6)
+    y2, p2 = perturb_ignored(rng, mask, y, p)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss.call(ks.pack_targets(y2, mask),
+                                                                     p2)),
+                               want, rtol=1e-5, atol=1e-6)
+    grad = autodiff(lambda x: keras.ops.sum(loss.call(target, x)))(p)
+    assert np.all(grad[mask == 0] == 0.0)
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0.0)
 
 
 @pytest.mark.backends
