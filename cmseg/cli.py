@@ -257,7 +257,8 @@ def build_parser():
                    "annotations). Default: all")
     _add_inference_options(p)
     p.add_argument("--spacing", type=_positive_float, nargs=3, default=None, metavar="MM",
-                   help="voxel size of .npy cases in a folder. Default: 1 1 1")
+                   help="voxel size of .npy cases in a folder. Default: the runs' --spacing, "
+                   "else 1 1 1")
 
     p = sub.add_parser("predict", help="predict the surgical region of new bones")
     p.add_argument("--model", required=True, help="a .keras model or an original .h5 file")
@@ -272,6 +273,9 @@ def build_parser():
                    help="architecture of an .h5 file. Default: %(default)s")
     p.add_argument("--batch-size", type=_positive_int, default=2, help="Default: %(default)s")
     _add_inference_options(p)
+    p.add_argument("--spacing", type=_positive_float, nargs=3, default=None, metavar="MM",
+                   help="voxel size of a .npy input (for --tta all). Default: the model's "
+                   "run's --spacing, else 1 1 1")
 
     p = sub.add_parser("check-data", help="validate a folder of multi-annotator cases "
                        "(DIR/<case>/image.nii.gz, DIR/<case>/annotation-<rater>.nii.gz) and "
@@ -441,6 +445,7 @@ def _cmd_train(args, parser):
 def _cmd_evaluate(args, parser):
     from cmseg.evaluate import evaluate
 
+    _check_inference_options(args, parser)
     for path in [args.data, *args.runs]:
         if not os.path.isdir(path):
             parser.error(f"{path}: no such directory")
@@ -453,14 +458,19 @@ def _cmd_evaluate(args, parser):
 def _cmd_predict(args, parser):
     from cmseg.predict import predict
 
+    _check_inference_options(args, parser)
+    predict(args.model, args.input, args.out, architecture=args.architecture,
+            batch_size=args.batch_size, tta=args.tta, overlap=args.overlap,
+            keep_largest=args.keep_largest, min_size=args.min_size,
+            spacing=tuple(args.spacing) if args.spacing else None)
+    return 0
+
+
+def _check_inference_options(args, parser):
     if not 0 <= args.overlap < 1:
         parser.error(f"argument --overlap: expected a fraction in [0, 1), got {args.overlap}")
     if args.min_size < 0:
         parser.error(f"argument --min-size: expected N >= 0, got {args.min_size}")
-    predict(args.model, args.input, args.out, architecture=args.architecture,
-            batch_size=args.batch_size, tta=args.tta, overlap=args.overlap,
-            keep_largest=args.keep_largest, min_size=args.min_size)
-    return 0
 
 
 def _cmd_check_data(args, parser):

@@ -25,6 +25,7 @@ or every case the held-out rater annotated is scored against its training
 raters, the held-out rater's annotation being the rater baseline ("rater").
 """
 
+import collections.abc
 import math
 import os
 import sys
@@ -515,7 +516,6 @@ def _folder_predictions(rundir, config, cases, names, options):
     """Whole-case probabilities of a folder run's test cases, predicted as
     `cmseg predict` does (the run's preprocessing, sliding windows, TTA),
     post-processed as `options` asks."""
-    from cm_dataset import patches
     from cmseg import predict as pr
 
     path = os.path.join(rundir, "model.keras")
@@ -524,22 +524,56 @@ def _folder_predictions(rundir, config, cases, names, options):
         raise UsageError(f"{rundir}: config.json records no preprocessing (a run of an "
                          "older cmseg?). Train it again with this version.")
     model = pr.load_model(path)
-    out = {}
-    for name in names:
-        case = cases[name]
-        x = case.image
-        if x.shape[-1] != preprocessing["channels"]:
-            raise UsageError(f"{case.directory}: {x.shape[-1]} image channel(s); the run "
-                             f"{rundir} was trained on {preprocessing['channels']}.")
-        encoded = patches.normalize(x, preprocessing["intensity"],
-                                    window=preprocessing.get("window"),
-                                    input_encoding=preprocessing.get("input_encoding", "scaled"))
-        prob = pr.probabilities(model, encoded[None], case.spacing, tta=options["tta"],
-                                overlap=options["overlap"], batch_size=options["batch_size"],
-                                resample=preprocessing.get("resample"))
-        out[name] = _postprocess(prob, options)[0]
-        case.release()
-    return out
+    return _Predictions(names, lambda name: _predict_case(model, rundir, preprocessing,
+                                                          cases[name], options))
+
+
+class _Predictions(collections.abc.Mapping):
+    """Case name -> post-processed prediction, computed when asked for and
+    not kept: scoring holds one whole-case prediction at a time."""
+
+    def __init__(self, names, compute):
+        self._names, self._compute = list(names), compute
+
+    def __getitem__(self, name):
+        if name not in self._names:
+            raise KeyError(name)
+        return self._compute(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+
+def _predict_case(model, rundir, preprocessing, case, options):
+    """One case predicted whole as `cmseg predict` does, post-processed."""
+    from cm_dataset import patches
+    from cmseg import predict as pr
+
+    x = case.image
+    if x.shape[-1] != preprocessing["channels"]:
+        raise UsageError(f"{case.directory}: {x.shape[-1]} image channel(s); the run "
+                         f"{rundir} was trained on {preprocessing['channels']}.")
+    intensity = preprocessing["intensity"]
+    encoding = preprocessing.get("input_encoding", "scaled")
+
+    def normalize(v):
+        return patches.normalize(v, intensity, window=preprocessing.get("window"),
+                                 input_encoding=encoding)
+
+    if intensity == "labels":
+        # resized before encoding, nearest-neighbour, as training did
+        volumes, coder, order = x[None], (lambda v: normalize(v[0])[None]), 0
+    else:
+        volumes, coder, order = normalize(x)[None], None, 1
+    prob = pr.probabilities(model, volumes, case.spacing, tta=options["tta"],
+                            overlap=options["overlap"], batch_size=options["batch_size"],
+                            resample=preprocessing.get("resample"), encode=coder, order=order,
+                            pad=pr.pad_value(preprocessing))
+    case.release()
+    return _postprocess(prob, options)[0]
 
 
 def _postprocess(prob, options):
@@ -562,6 +596,12 @@ def _check_folder_run(rundir, config, cases):
     except ValueError as e:
         raise UsageError(f"{rundir}: its fold does not exist in --data ({e}). Was the run "
                          "trained on other data?") from None
+    recorded = config.get("split")
+    now = {name: [case for case, _ in getattr(split, name)] for name in ("train", "val", "test")}
+    if recorded and {k: recorded.get(k) for k in now} != now:
+        raise UsageError(f"{rundir}: --data splits fold {config['fold']} differently from the "
+                         "run's training (cases added, removed or renamed since): a training "
+                         "case would be scored as held out. Pass the data the run trained on.")
     if not os.path.isfile(os.path.join(rundir, "model.keras")):
         raise UsageError(f"{rundir}: no model.keras (the run has not completed an epoch).")
     return split
@@ -599,7 +639,16 @@ def evaluate(data_dir, run_paths, out, batch_size=4, metrics=None, log=print, *,
                    batch_size=batch_size)
     found = [(r, _read_config(r)) for r in find_runs(run_paths)]
     kinds = {c["experiment"] in registry.FOLDER_EXPERIMENTS for _, c in found}
+    if tta not in ("none", "flips", "all"):
+        raise UsageError(f"Invalid value for --tta. Expected none, flips or all. "
+                         f"Received: --tta {tta}")
+    if not 0 <= overlap < 1 or min_size < 0:
+        raise UsageError(f"Invalid value for --overlap or --min-size. Expected an overlap in "
+                         f"[0, 1) and N >= 0. Received: --overlap {overlap} --min-size {min_size}")
     if kinds == {True}:
+        if spacing is None:  # the spacing the runs' .npy cases were trained with
+            recorded = {tuple(c["spacing"]) for _, c in found if c.get("spacing")}
+            spacing = recorded.pop() if len(recorded) == 1 else None
         try:
             cases = cm_dataset.load_folder(data_dir, spacing=spacing, lazy=True)
         except cm_dataset.DataError as e:

@@ -55,11 +55,13 @@ def window_starts(size, patch, overlap):
     return sorted({int(round(i * (size - patch) / (n - 1))) for i in range(n)})
 
 
-def sliding_window(predict, volume, patch, overlap=0.5, batch_size=2, weighting="gaussian"):
+def sliding_window(predict, volume, patch, overlap=0.5, batch_size=2, weighting="gaussian",
+                   pad_value=0.0):
     """The model's output for a whole volume from windows of size `patch`.
 
-    A volume smaller than the patch along an axis is zero-padded to it (and
-    the output cropped back). Overlapping predictions are averaged with
+    A volume smaller than the patch along an axis is padded to it with
+    `pad_value` (and the output cropped back): the input value of "outside",
+    as the training pipeline padded (`cmseg.predict.pad_value`). Overlapping predictions are averaged with
     `gaussian_importance` weights (`weighting="gaussian"`) or equally
     (`"constant"`).
 
@@ -72,6 +74,7 @@ def sliding_window(predict, volume, patch, overlap=0.5, batch_size=2, weighting=
             as a fraction of the patch. Defaults to `0.5`.
         batch_size: windows per call of `predict`. Defaults to `2`.
         weighting: `"gaussian"` or `"constant"`. Defaults to `"gaussian"`.
+        pad_value: scalar or one value per channel. Defaults to `0`.
 
     Returns:
         float32 array `(*spatial, classes)`.
@@ -87,9 +90,10 @@ def sliding_window(predict, volume, patch, overlap=0.5, batch_size=2, weighting=
     if weighting not in ("gaussian", "constant"):
         raise ValueError(f"sliding_window: weighting must be 'gaussian' or 'constant', got "
                          f"{weighting!r}.")
-    pad = [(0, max(0, p - s)) for p, s in zip(patch, spatial)]
-    padded = np.pad(volume, pad + [(0, 0)])
-    shape = padded.shape[:-1]
+    shape = tuple(max(p, s) for p, s in zip(patch, spatial))
+    padded = np.empty(shape + volume.shape[-1:], np.float32)
+    padded[...] = np.asarray(pad_value, np.float32)
+    padded[tuple(slice(0, s) for s in spatial)] = volume
     weight = (gaussian_importance(patch) if weighting == "gaussian"
               else np.ones(patch, np.float32))[..., None]
     starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch))))
@@ -114,7 +118,9 @@ def symmetries(ndim, mode="flips", spacing=None):
     flipped (8 in 3D); `"all"`: also every permutation of the axes (48 in
     3D), which only maps a grid onto itself when the spacing is the same
     along the permuted axes: with `spacing` given, axes are permuted only
-    among equal spacings."""
+    among equal spacings (within a relative 1e-3, as the training
+    pipeline's `cm_dataset.patches.allowed_symmetries`: header round-off of
+    a rotated affine is not anisotropy)."""
     if mode not in TTA_MODES:
         raise ValueError(f"Invalid value for --tta. Expected one of {', '.join(TTA_MODES)}. "
                          f"Received: {mode!r}")
@@ -125,7 +131,8 @@ def symmetries(ndim, mode="flips", spacing=None):
     if mode == "all":
         spacing = tuple(spacing) if spacing is not None else (1.0,) * ndim
         perms = [p for p in itertools.permutations(range(ndim))
-                 if all(math.isclose(spacing[a], spacing[b]) for a, b in enumerate(p))]
+                 if all(math.isclose(spacing[a], spacing[b], rel_tol=1e-3)
+                        for a, b in enumerate(p))]
     return [(p, f) for p in perms for f in flips]
 
 

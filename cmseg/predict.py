@@ -283,7 +283,7 @@ def run_preprocessing(model_path):
             from None
 
 
-def load_image(path, preprocessing):
+def load_image(path, preprocessing, spacing=None):
     """Read one image and normalize it as the model's training did.
 
     Returns:
@@ -297,7 +297,7 @@ def load_image(path, preprocessing):
     if not os.path.isfile(path):
         raise UsageError(f"--input {path}: file missing. Expected a {_INPUT_FORMATS} image.")
     try:
-        x, spacing, _, meta = read_volume(path)
+        x, spacing, _, meta = read_volume(path, spacing=spacing)
     except DataError as e:
         raise UsageError(f"--input {e}") from None
     if x.ndim == 3:
@@ -319,23 +319,45 @@ def load_image(path, preprocessing):
 
 
 def _resized(volume, shape, order):
-    """`volume (*spatial, C)` resized to `shape` (scipy's zoom per channel)."""
+    """`volume` `(*spatial)` or `(*spatial, C)` resized to `shape` as
+    `cm_dataset.patches` resamples for training (scipy's zoom, corners
+    aligned), so the model sees the grid it was trained on."""
     from scipy import ndimage
 
-    if tuple(volume.shape[:-1]) == tuple(shape):
+    spatial = volume.shape[:3]
+    if tuple(spatial) == tuple(shape):
         return volume
-    factors = [t / s for t, s in zip(shape, volume.shape[:-1])]
-    return np.stack([ndimage.zoom(volume[..., c], factors, order=order, mode="nearest",
-                                  grid_mode=True) for c in range(volume.shape[-1])], axis=-1)
+    factors = [t / s for t, s in zip(shape, spatial)]
+    if volume.ndim == 3:
+        return ndimage.zoom(volume, factors, order=order)
+    return np.stack([ndimage.zoom(volume[..., c], factors, order=order)
+                     for c in range(volume.shape[-1])], axis=-1)
 
 
-def probabilities(model, encoded, spacing=None, *, tta="none", overlap=0.5, batch_size=2,
-                  resample=None):
+def pad_value(preprocessing, encoding="scaled"):
+    """The model input of a voxel outside the image, per channel: what
+    training padded small cases with (`cm_dataset.patches`): -1 (air) for
+    CT, 0 for MR, the encoding of label 0 for label maps."""
+    from cm_dataset.encoding import encode_input
+
+    intensity = (preprocessing or {}).get("intensity", "labels")
+    if intensity == "ct":
+        return np.float32(-1.0)
+    if intensity == "mr":
+        return np.float32(0.0)
+    encoding = (preprocessing or {}).get("input_encoding", encoding)
+    return encode_input(np.zeros((1,), np.int8), encoding)[0]
+
+
+def probabilities(model, volumes, spacing=None, *, tta="none", overlap=0.5, batch_size=2,
+                  resample=None, encode=None, order=1, pad=0.0):
     """The model's foreground probability for each volume, on its own grid.
 
     Args:
         model: a Keras model `(n, *patch, C) -> (n, *patch, 1)`.
-        encoded: float32 `(N, X, Y, Z, C)`, the model's inputs.
+        volumes: float32 `(N, X, Y, Z, C)`, the model's inputs; or, with
+            `encode`, what `encode` turns into them (e.g. label maps
+            `(N, X, Y, Z)`).
         spacing: voxel size (for `tta="all"`, which permutes only axes of
             equal spacing). Defaults to isotropic.
         tta: `"none"`, `"flips"` or `"all"` (`cmseg.inference.symmetric_mean`).
@@ -343,8 +365,13 @@ def probabilities(model, encoded, spacing=None, *, tta="none", overlap=0.5, batc
             input size. Defaults to `0.5`.
         batch_size: windows per model call. Defaults to `2`.
         resample: int S: the model was trained on cases resized to S^3, so
-            each volume is resized to S^3 (linear), predicted there, and
-            its probability resized back (linear). Defaults to `None`.
+            each volume is resized to S^3 (spline `order`, before `encode`:
+            0 for label maps), predicted there, and its probability resized
+            back (linear). Defaults to `None`.
+        encode: callable applied to the (resized) volumes, or `None`.
+        order: spline order of the resize to S^3. Defaults to `1`.
+        pad: the input value (scalar or per channel) of voxels outside a
+            volume smaller than the window (`pad_value`). Defaults to `0`.
 
     Returns:
         float32 `(N, X, Y, Z)`.
@@ -353,10 +380,11 @@ def probabilities(model, encoded, spacing=None, *, tta="none", overlap=0.5, batc
 
     from cmseg import inference
 
-    spatial = tuple(encoded.shape[1:-1])
+    spatial = tuple(volumes.shape[1:4])
     if resample:
-        encoded = np.stack([_resized(v, (resample,) * 3, order=1) for v in encoded])
+        volumes = np.stack([_resized(v, (resample,) * 3, order) for v in volumes])
         spacing = tuple(s * n / resample for s, n in zip(spacing or (1.0,) * 3, spatial))
+    encoded = volumes if encode is None else encode(volumes)
     shape = tuple(model.input_shape[1:])
     patch = tuple(s if s is not None else d for s, d in zip(shape[:-1], encoded.shape[1:-1]))
 
@@ -374,7 +402,7 @@ def probabilities(model, encoded, spacing=None, *, tta="none", overlap=0.5, batc
         if volume.shape[:-1] == patch:
             return run(volume[None])[0]
         return inference.sliding_window(run, volume, patch, overlap=overlap,
-                                        batch_size=batch_size)
+                                        batch_size=batch_size, pad_value=pad)
 
     prob = np.stack([inference.symmetric_mean(whole, v, mode=tta, spacing=spacing)
                      for v in encoded])
@@ -398,7 +426,7 @@ def regions(prob, threshold=0.5, *, keep_largest=False, min_size=0):
 
 
 def predict(model_path, input_path, out, architecture="unet", batch_size=2, threshold=0.5,
-            tta="none", overlap=0.5, keep_largest=False, min_size=0, log=print):
+            tta="none", overlap=0.5, keep_largest=False, min_size=0, log=print, spacing=None):
     """Predict and write the region (binary at `threshold`), the
     probability (float32) and `slices.png` into `out`.
 
@@ -418,6 +446,9 @@ def predict(model_path, input_path, out, architecture="unet", batch_size=2, thre
             each region. Defaults to `False`.
         min_size: int, remove components smaller than this many voxels
             (0: none). Defaults to `0`.
+        spacing: voxel size of a `.npy` input (for `tta="all"`); the
+            headers give it for NIfTI and NRRD. Defaults to the spacing the
+            model's run recorded, else 1 mm.
 
     Returns:
         `(region, probability)` arrays of shape `(N, D, H, W)`.
@@ -429,30 +460,35 @@ def predict(model_path, input_path, out, architecture="unet", batch_size=2, thre
                          f"{', '.join(inference.TTA_MODES)}. Received: --tta {tta}")
     _refuse_overwriting_input(input_path, out)
     preprocessing = run_preprocessing(model_path)
-    spacing = None
-    if preprocessing and preprocessing["intensity"] != "labels":
-        encoded, meta, spacing = load_image(input_path, preprocessing)
+    if spacing is None and preprocessing and preprocessing.get("spacing"):
+        spacing = tuple(preprocessing["spacing"])  # of the run's .npy cases
+    images = bool(preprocessing and preprocessing["intensity"] != "labels")
+    if images:
+        encoded, meta, file_spacing = load_image(input_path, preprocessing, spacing)
         x = encoded[..., 0]  # for the slices figure
     else:
         x, meta = load_input(input_path)
-        if meta is not None:
-            spacing = meta["spacing"]
+        file_spacing = meta["spacing"] if meta is not None else None
+    spacing = file_spacing or spacing
     spatial = x.shape[1:]
     size = (preprocessing or {}).get("resample")
     cubic = len(set(spatial)) == 1
     model = load_model(model_path, architecture, size=spatial[0] if cubic else 64)
     shape = tuple(model.input_shape[1:])
-    if not preprocessing or preprocessing["intensity"] == "labels":
-        encoding = "onehot" if shape[-1] == N_LABELS else "scaled"
-        encoded = encode(x, encoding)
-    if encoded.shape[-1] != shape[-1]:
-        raise UsageError(f"--input {input_path}: {encoded.shape[-1]} input channel(s) after "
+    encoding = "onehot" if shape[-1] == N_LABELS else "scaled"
+    channels = encoded.shape[-1] if images else (N_LABELS if encoding == "onehot" else 1)
+    if channels != shape[-1]:
+        raise UsageError(f"--input {input_path}: {channels} input channel(s) after "
                          f"preprocessing; the model {model_path} takes {shape[-1]}.")
+    # label maps are resized before they are encoded, nearest-neighbour, as training did
+    volumes, order = (encoded, 1) if images else (x, 0)
+    coder = None if images else (lambda v: encode(v, encoding))
     grid = (size,) * 3 if size else spatial  # what the model sees
     patch = tuple(s if s is not None else d for s, d in zip(shape[:-1], grid))
     windows = "" if grid == patch else f", sliding {patch} windows"
-    prob = probabilities(model, encoded, spacing, tta=tta, overlap=overlap,
-                         batch_size=batch_size, resample=size)
+    prob = probabilities(model, volumes, spacing, tta=tta, overlap=overlap,
+                         batch_size=batch_size, resample=size, encode=coder, order=order,
+                         pad=pad_value(preprocessing, encoding))
     region = regions(prob, threshold, keep_largest=keep_largest, min_size=min_size)
     region_name, prob_name = output_names(input_path)
     os.makedirs(out, exist_ok=True)

@@ -55,7 +55,8 @@ RESUME_DIR = ".resume"
 # Settings that may change between a run and its resumption without changing
 # what is computed.
 # `backend` and `pos_weight` are recorded beside the settings, not settings
-_RESUMABLE_CHANGES = ("distribute", "verbose", "backend", "pos_weight", "preprocessing")
+_RESUMABLE_CHANGES = ("distribute", "verbose", "backend", "pos_weight", "preprocessing",
+                      "split")
 
 
 @dataclasses.dataclass
@@ -373,6 +374,9 @@ class FolderData:
                 f"(a random symmetry the spacing allows per patch; {config.augment} enumerates "
                 f"the CM cubes' symmetries). Received: --augment {config.augment}")
         intensity = config.intensity or "ct"
+        if config.window and intensity != "ct":
+            raise UsageError(f"Invalid value for --window. Expected it with --intensity ct "
+                             f"only. Received: --window with --intensity {intensity}")
         try:
             self.input_channels = patches.input_channels(self.channels, intensity,
                                                          config.input_encoding)
@@ -401,6 +405,7 @@ class FolderData:
             "input_channels": self.input_channels,
             "patch_size": size,
             "resample": config.resample,
+            "spacing": list(config.spacing) if config.spacing else None,
         }
         self.split = None
 
@@ -428,6 +433,14 @@ class FolderData:
         except ValueError as e:
             raise UsageError(f"--experiment {config.experiment} --fold {config.fold}: {e}") \
                 from None
+
+    def split_record(self):
+        """The fold's cases by subset, as `config.json` records them: a run
+        is only resumed or evaluated on data that gives the same split."""
+        return {name: [case for case, _ in getattr(self.split, name)]
+                for name in ("train", "val", "test")} | {
+            "held_out": list(self.split.held_out) if self.split.experiment == "case"
+            else self.split.held_out}
 
     def by_name(self, subset):
         cases = {c.name: c for c in self.cases}
@@ -486,6 +499,16 @@ def _load_data(config):
 
     if config.experiment in registry.FOLDER_EXPERIMENTS:
         return FolderData(config)
+    given = [flag for flag, value, default in (
+        ("--folds", config.folds, None), ("--patch-size", config.patch_size, 64),
+        ("--window", config.window, None), ("--resample", config.resample, None),
+        ("--spacing", config.spacing, None)) if value != default]
+    if config.intensity not in (None, "labels"):
+        given.insert(0, "--intensity")
+    if given:
+        raise UsageError(f"Invalid options for --experiment {config.experiment}: "
+                         f"{', '.join(given)} apply to a folder of cases (--experiment case "
+                         "or rater); the CM files are whole 64^3 label maps.")
     try:
         return cm_dataset.load(config.data)
     except ValueError as e:
@@ -659,6 +682,10 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
         targets = registry.loss_targets(registry.make_loss(config.loss, config.loss_config))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if config.experiment in registry.FOLDER_EXPERIMENTS and targets == "legacy":
+        raise UsageError(f"--loss {config.loss}: the legacy target encodes the CM files' "
+                         "surgeries; a folder of cases trains losses reading labels or the "
+                         "reward-penalty map.")
     if config.target != "each" and targets == "legacy":
         raise UsageError("--target: the legacy target encodes each surgery; use --target each "
                          f"with --loss {config.loss}.")
@@ -680,6 +707,12 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
                 f"{'keep' if finished else 'resume'} it, pass --overwrite to replace it, "
                 "or choose another --out."
             )
+        if isinstance(data, FolderData) and saved.get("split", data.split_record()) != \
+                data.split_record():
+            raise UsageError(
+                f"{out} holds a run of other cases: --data {config.data} now splits fold "
+                f"{config.fold} differently (cases added, removed or renamed since). Pass "
+                "--overwrite to replace the run, or choose another --out.")
         if finished:
             log(f"{out}: finished run, left untouched (pass --overwrite to train it again).")
             return "finished"
@@ -739,6 +772,7 @@ def train(config, out, overwrite=False, callbacks=(), log=print):
     recorded = {**config.to_json(), "backend": keras.backend.backend(), "pos_weight": pos_weight}
     if isinstance(data, FolderData):
         recorded["preprocessing"] = data.preprocessing
+        recorded["split"] = data.split_record()
     _io.write_json(config_path, recorded)
     if config.distribute:
         engine = "DataParallel" if keras.backend.backend() == "jax" else "MirroredStrategy"

@@ -359,10 +359,28 @@ def test_folder_runs_score_cases_in_millimetres(tmp_path):
 
 
 def test_folder_evaluate_refuses_runs_of_other_data(tmp_path):
+    import json
+    import shutil
+
     from _references import write_case_folder
 
     write_case_folder(str(tmp_path / "data"))
     run = _folder_run(str(tmp_path / "runs"), "case", 7)
     with pytest.raises(ev.UsageError, match="fold"):
+        ev.evaluate(str(tmp_path / "data"), [run], str(tmp_path / "r"), log=lambda _: None)
+    # a case added since training: case02 trained, and would now be held out
+    run = _folder_run(str(tmp_path / "runs"), "case", 2)
+    path = os.path.join(run, "config.json")
+    config = json.load(open(path))
+    from cm_dataset import load_folder, splits
+
+    split = splits.folder_split("case", 2, load_folder(str(tmp_path / "data"), lazy=True))
+    config["split"] = {k: [c for c, _ in getattr(split, k)] for k in ("train", "val", "test")}
+    assert config["split"]["test"] == ["case02"]
+    json.dump(config, open(path, "w"))
+    ev.evaluate(str(tmp_path / "data"), [run], str(tmp_path / "ok"), metrics=["dice"],
+                log=lambda _: None)
+    shutil.copytree(tmp_path / "data" / "case01", tmp_path / "data" / "case00")
+    with pytest.raises(ev.UsageError, match="splits fold 2 differently"):
         ev.evaluate(str(tmp_path / "data"), [run], str(tmp_path / "r"), log=lambda _: None)
     assert not os.path.exists(tmp_path / "r")

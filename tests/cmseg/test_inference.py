@@ -94,3 +94,21 @@ def test_largest_component_and_small_islands_against_scipy_labels(rng):
     assert not inference.keep_largest_component(np.zeros((4, 4, 4))).any()
     with pytest.raises(ValueError, match="connectivity 8"):
         inference.keep_largest_component(mask, connectivity=8)
+
+
+@pytest.mark.parametrize("pad_value", [-1.0, 0.0, [-1.0, 0.5]])
+def test_sliding_window_pads_with_the_given_value(pad_value):
+    """A volume smaller than the window is padded with the input value of
+    "outside" (air, -1, for CT; per channel for one-hot labels), not 0: a
+    model that averages its window sees the padding."""
+    c = np.size(pad_value)
+    volume = np.ones((4, 3, 5, c), np.float32)
+
+    def window_mean(batch):
+        return np.broadcast_to(batch.mean(axis=(1, 2, 3), keepdims=True), batch.shape)
+
+    out = inference.sliding_window(window_mean, volume, (6, 6, 6), pad_value=pad_value)
+    pad = np.broadcast_to(np.asarray(pad_value, np.float32), (c,))
+    want = (60 + (216 - 60) * pad) / 216
+    assert out.shape == volume.shape
+    np.testing.assert_allclose(out, np.broadcast_to(want, out.shape), rtol=1e-6)

@@ -505,7 +505,9 @@ def test_folder_run_records_its_preprocessing_and_resumes_exactly(folder_dir, tm
     saved = _io.read_json(os.path.join(reference, tr.CONFIG))
     assert saved["preprocessing"] == {
         "intensity": "ct", "window": [-500, 1000], "input_encoding": "scaled", "channels": 1,
-        "input_channels": 1, "patch_size": 16, "resample": None}
+        "input_channels": 1, "patch_size": 16, "resample": None, "spacing": None}
+    assert saved["split"] == {"train": ["case01", "case02"], "val": ["case03"],
+                              "test": ["case02", "case03"], "held_out": "r3"}
     import keras_seglosses  # noqa: F401  (registered classes)
 
     model = keras.models.load_model(os.path.join(reference, tr.MODEL), compile=False)
@@ -543,7 +545,7 @@ def test_folder_wcel_weight_comes_from_the_training_raters(folder_dir, tmp_path)
     (dict(experiment="rater", fold=4), r"Expected one of 1\.\.3"),
     (dict(folds=5), "folds"),
     (dict(intensity="labels"), "labels"),
-    (dict(experiment="bone"), "--data"),
+    (dict(experiment="bone"), "--patch-size apply to a folder of cases"),
     (dict(augment="all48"), "random or none"),
 ])
 def test_folder_run_refusals_write_nothing(folder_dir, tmp_path, kw, message):
@@ -551,6 +553,22 @@ def test_folder_run_refusals_write_nothing(folder_dir, tmp_path, kw, message):
     with pytest.raises(tr.UsageError, match=message):
         tr.train(folder_run(folder_dir, **kw), run, log=lambda _: None)
     assert not os.path.exists(run)
+
+
+def test_folder_run_of_other_cases_is_not_resumed(folder_dir, tmp_path):
+    """A case added to the folder changes the split: the run is refused."""
+    import shutil
+
+    data = str(tmp_path / "data")
+    shutil.copytree(folder_dir, data)
+    run = str(tmp_path / "run")
+    config = folder_run(data, epochs=1)
+    assert tr.train(config, run, log=lambda _: None) == "trained"
+    shutil.copytree(os.path.join(data, "case01"), os.path.join(data, "case00"))
+    before = sorted(os.listdir(run))
+    with pytest.raises(tr.UsageError, match="splits fold 1 differently"):
+        tr.train(config, run, log=lambda _: None)
+    assert sorted(os.listdir(run)) == before
 
 
 def test_folder_folds(folder_dir):
